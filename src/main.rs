@@ -1,0 +1,74 @@
+//! The `natter` binary: parse the command line, set up logging, open the store, bind, serve, exit.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use natter::App;
+use natter::config::{Cli, ServeConfig};
+use tokio::net::TcpListener;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, exit 1: clap's usage block is noise in a service log.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid command line");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("natter: error: {first} (see natter --help)");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("natter: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cli.serve)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("natter: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: ServeConfig) -> Result<(), String> {
+    let addr = config.addr.clone();
+    let app = App::open(config)?;
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    // The one line on stdout: scripts and tests read the real port from it.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "listening on http://{local}");
+    let _ = stdout.flush();
+    drop(stdout);
+    tracing::info!(%local, "natter is serving");
+    app.serve(listener, natter::shutdown::signal())
+        .await
+        .map_err(|e| format!("server failed: {e}"))
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the default level.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("natter=info,warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,249 @@
+//! The message store: a handle to one SQLite file, with a single writer thread and a pool of readers.
+//!
+//! # Layout
+//! - `schema`: migrations, tracked in `PRAGMA user_version`.
+//! - `writer`: the thread that owns the only write connection and commits in
+//!   batches (group commit); it assigns ids, commits, then publishes, so ids are
+//!   committed and broadcast in one order.
+//! - this file: opening, pragmas, the read pool and the read queries.
+//!
+//! SQLite never runs on the async workers: writes go to the writer thread,
+//! reads run on the pool inside `spawn_blocking`.
+
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::thread::JoinHandle;
+
+use r2d2::Pool;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OpenFlags, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::protocol::ChatMessage;
+
+pub use schema::latest_version as schema_version;
+pub use writer::{Appended, NewMessage};
+
+/// Why a store operation failed. Callers log it and tell clients `internal`.
+#[derive(Debug)]
+pub enum StoreError {
+    Sqlite(rusqlite::Error),
+    Pool(r2d2::Error),
+    /// A write transaction failed (disk full, read-only file, I/O error); it was rolled back.
+    Write(String),
+    /// The writer thread has stopped (the server is shutting down).
+    Closed,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Sqlite(e) => write!(f, "sqlite: {e}"),
+            StoreError::Pool(e) => write!(f, "connection pool: {e}"),
+            StoreError::Write(e) => write!(f, "write failed: {e}"),
+            StoreError::Closed => write!(f, "the store is closed"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
+}
+
+/// Called by the writer thread for each newly committed message, in id order,
+/// before any ack for its batch is sent.
+pub type Publish = Box<dyn Fn(ChatMessage) + Send + 'static>;
+
+/// Cheap to clone; every connection task holds one.
+#[derive(Clone)]
+pub struct Store {
+    writes: mpsc::Sender<writer::Command>,
+    reads: Pool<SqliteConnectionManager>,
+    newest_id: Arc<AtomicI64>,
+}
+
+/// Owns the writer thread; `close` waits until everything queued is committed.
+pub struct WriterThread(JoinHandle<()>);
+
+impl WriterThread {
+    /// Blocks until the writer has drained its queue and closed the database.
+    /// Every `Store` handle must be dropped first, or this waits forever.
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            tracing::error!("the writer thread panicked");
+        }
+    }
+}
+
+/// How many writes may wait for the writer before senders wait in turn.
+const WRITE_QUEUE: usize = 16_384;
+/// Readers: replay and history are short queries; a few cover two cores.
+const READ_POOL_SIZE: u32 = 4;
+/// How long a statement waits for a lock held by another process (a backup,
+/// the sqlite3 shell) before failing.
+const BUSY_TIMEOUT_MS: u32 = 5_000;
+
+/// Open (creating if missing) and migrate the database at `path`, start the
+/// writer thread. The error is one human line naming the cause.
+pub fn open(path: &Path, publish: Publish) -> Result<(Store, WriterThread), String> {
+    let mut conn = open_writer_connection(path)?;
+    schema::migrate(&mut conn)?;
+    let newest: i64 = conn
+        .query_row("SELECT coalesce(max(id), 0) FROM messages", [], |row| {
+            row.get(0)
+        })
+        .map_err(|e| e.to_string())?;
+
+    let manager = SqliteConnectionManager::file(path)
+        .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .with_init(|c| {
+            c.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
+            Ok(())
+        });
+    let reads = Pool::builder()
+        .max_size(READ_POOL_SIZE)
+        .min_idle(Some(1))
+        .build(manager)
+        .map_err(|e| format!("cannot open read connections: {e}"))?;
+
+    let newest_id = Arc::new(AtomicI64::new(newest));
+    let (writes, commands) = mpsc::channel(WRITE_QUEUE);
+    let thread = writer::spawn(conn, commands, publish, newest_id.clone())
+        .map_err(|e| format!("cannot start the writer thread: {e}"))?;
+    Ok((
+        Store {
+            writes,
+            reads,
+            newest_id,
+        },
+        WriterThread(thread),
+    ))
+}
+
+/// The write connection: WAL so readers never block the writer, and
+/// `synchronous=FULL` so a commit (and so an ack) survives power loss, not
+/// only a crash of the process. Group commit pays for the extra fsync.
+fn open_writer_connection(path: &Path) -> Result<Connection, String> {
+    if path.is_dir() {
+        return Err("it is a directory, not a file".into());
+    }
+    let conn = Connection::open(path).map_err(|e| e.to_string())?;
+    let setup = || -> rusqlite::Result<()> {
+        conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(%mode, "SQLite refused WAL mode; readers may wait for the writer");
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+        Ok(())
+    };
+    setup().map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+impl Store {
+    /// The newest committed message id in the whole store (0 when empty).
+    pub fn newest_id(&self) -> i64 {
+        self.newest_id.load(Ordering::Acquire)
+    }
+
+    /// Append one message through the writer. Resolves only after the row is
+    /// committed (or found already stored under the same `clientOffset`).
+    /// Returns a future so callers can pipeline several appends.
+    pub async fn append(
+        &self,
+        message: NewMessage,
+    ) -> Result<oneshot::Receiver<Result<Appended, StoreError>>, StoreError> {
+        let (reply, receiver) = oneshot::channel();
+        self.writes
+            .send(writer::Command::Append { message, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(receiver)
+    }
+
+    /// Run a read on a pooled connection, off the async workers.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let pool = self.reads.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.get().map_err(StoreError::Pool)?;
+            f(&conn).map_err(StoreError::Sqlite)
+        })
+        .await
+        .unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Up to `limit` messages of `room` with `id > after`, ascending.
+    pub async fn messages_after(
+        &self,
+        room: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let room = room.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, room, nick, text, ts, client_offset FROM messages
+                 WHERE room = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![room, after, limit], row_to_message)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// The newest `limit` messages of `room` below `before` (or the newest of
+    /// all), ascending, and whether older ones exist.
+    pub async fn messages_before(
+        &self,
+        room: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<(Vec<ChatMessage>, bool), StoreError> {
+        let room = room.to_string();
+        let before = before.unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, room, nick, text, ts, client_offset FROM messages
+                 WHERE room = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+            )?;
+            // One extra row tells whether there is more, without a COUNT.
+            let mut messages = stmt
+                .query_map(params![room, before, limit + 1], row_to_message)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let has_more = messages.len() as i64 > limit;
+            messages.truncate(limit as usize);
+            messages.reverse();
+            Ok((messages, has_more))
+        })
+        .await
+    }
+}
+
+fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChatMessage> {
+    Ok(ChatMessage {
+        id: row.get(0)?,
+        room: row.get(1)?,
+        nick: row.get(2)?,
+        text: row.get(3)?,
+        ts: row.get(4)?,
+        client_offset: row.get(5)?,
+    })
+}
+
+/// A database path for messages and logs: as given, made absolute when possible.
+pub fn display_path(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}

@@ -1,0 +1,222 @@
+//! The single writer: one thread owns the write connection and commits whatever is queued in one transaction.
+//!
+//! Why one thread: SQLite allows one writer at a time anyway, and a single
+//! owner makes "ids are assigned, committed and broadcast in the same order"
+//! true by construction. Why batches: with `synchronous=FULL` every commit is
+//! an fsync; taking everything that queued up during the previous fsync into
+//! the next transaction (group commit) turns N fsyncs into one without adding
+//! any waiting when the server is quiet.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Publish, StoreError};
+use crate::protocol::ChatMessage;
+
+/// Most commands in one transaction: bounds the latency of the first one in a
+/// huge burst and the memory held for replies.
+const MAX_BATCH: usize = 4_096;
+
+/// A message to store, already validated.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub room: String,
+    pub nick: String,
+    pub text: String,
+    pub client_offset: Option<String>,
+}
+
+/// What an append produced: the stored id and commit time, and whether the
+/// `clientOffset` was already stored (then nothing new was written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub id: i64,
+    pub ts: i64,
+    pub duplicate: bool,
+}
+
+pub enum Command {
+    Append {
+        message: NewMessage,
+        reply: oneshot::Sender<Result<Appended, StoreError>>,
+    },
+}
+
+pub fn spawn(
+    conn: Connection,
+    commands: mpsc::Receiver<Command>,
+    publish: Publish,
+    newest_id: Arc<AtomicI64>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("natter-writer".into())
+        .spawn(move || {
+            Writer {
+                conn,
+                publish,
+                newest_id,
+                last_ts: 0,
+            }
+            .run(commands)
+        })
+}
+
+struct Writer {
+    conn: Connection,
+    publish: Publish,
+    newest_id: Arc<AtomicI64>,
+    /// Commit times never go backwards, even if the wall clock does.
+    last_ts: i64,
+}
+
+/// One append inside the current batch, waiting for the commit.
+struct Pending {
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
+    outcome: Appended,
+    /// The message to publish once committed; `None` for a duplicate.
+    fresh: Option<ChatMessage>,
+}
+
+impl Writer {
+    fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        // `blocking_recv` returns `None` once every `Store` handle is gone and
+        // the queue is empty: everything sent before shutdown gets committed.
+        while let Some(first) = commands.blocking_recv() {
+            let mut batch = Vec::with_capacity(64);
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match commands.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(batch);
+        }
+        if let Err(e) = self.conn.execute_batch("PRAGMA optimize") {
+            tracing::debug!(error = %e, "PRAGMA optimize failed at close");
+        }
+        tracing::debug!("writer stopped");
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Command>) {
+        let ts = now_ms().max(self.last_ts);
+        let size = batch.len();
+        let mut commands = batch.into_iter();
+        let mut pending = Vec::with_capacity(size);
+        match write_batch(&mut self.conn, &mut commands, ts, &mut pending) {
+            Ok(()) => {
+                self.last_ts = ts;
+                // Publish before acking, and in id order: anyone who sees the
+                // ack can already find the message live or in the store.
+                for item in &mut pending {
+                    if let Some(message) = item.fresh.take() {
+                        self.newest_id.fetch_max(message.id, Ordering::AcqRel);
+                        (self.publish)(message);
+                    }
+                }
+                for item in pending {
+                    // The requester may have gone; the row is stored regardless.
+                    let _ = item.reply.send(Ok(item.outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, commands = size, "write transaction failed; nothing in it was stored");
+                let waiting = pending
+                    .into_iter()
+                    .map(|item| item.reply)
+                    .chain(commands.map(|Command::Append { reply, .. }| reply));
+                for reply in waiting {
+                    let _ = reply.send(Err(StoreError::Write(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Runs the commands in one transaction, moving each into `pending`. On an
+/// error the transaction rolls back (on drop), the failing command has been
+/// answered, and the caller answers `pending` and whatever is left in `commands`.
+fn write_batch(
+    conn: &mut Connection,
+    commands: &mut std::vec::IntoIter<Command>,
+    ts: i64,
+    pending: &mut Vec<Pending>,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    for command in commands.by_ref() {
+        let Command::Append { message, reply } = command;
+        match append(&tx, &message, ts) {
+            Ok((outcome, fresh)) => pending.push(Pending {
+                reply,
+                outcome,
+                fresh: fresh.then(|| ChatMessage {
+                    id: outcome.id,
+                    room: message.room,
+                    nick: message.nick,
+                    text: message.text,
+                    ts,
+                    client_offset: message.client_offset,
+                }),
+            }),
+            Err(e) => {
+                let _ = reply.send(Err(StoreError::Write(e.to_string())));
+                return Err(e);
+            }
+        }
+    }
+    tx.commit()
+}
+
+/// Insert one message, or find the one already stored under its `clientOffset`.
+/// Returns the outcome and whether a new row was written.
+fn append(conn: &Connection, message: &NewMessage, ts: i64) -> rusqlite::Result<(Appended, bool)> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO messages (room, nick, text, ts, client_offset) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (client_offset) DO NOTHING",
+        )?
+        .execute(params![
+            message.room,
+            message.nick,
+            message.text,
+            ts,
+            message.client_offset
+        ])?;
+    if inserted == 1 {
+        let id = conn.last_insert_rowid();
+        return Ok((
+            Appended {
+                id,
+                ts,
+                duplicate: false,
+            },
+            true,
+        ));
+    }
+    // Only a conflicting clientOffset skips the insert, so the row exists.
+    let existing = conn
+        .prepare_cached("SELECT id, ts FROM messages WHERE client_offset = ?1")?
+        .query_row(params![message.client_offset], |row| {
+            Ok(Appended {
+                id: row.get(0)?,
+                ts: row.get(1)?,
+                duplicate: true,
+            })
+        })
+        .optional()?;
+    existing
+        .map(|appended| (appended, false))
+        .ok_or(rusqlite::Error::QueryReturnedNoRows)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,121 @@
+//! HTTP routes: the page and its assets (compiled in), the WebSocket upgrade with its Origin check, health, 404s.
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::AppState;
+
+/// The page, compiled into the binary so that it alone serves everything.
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+const APP_JS: &str = include_str!("../assets/app.js");
+const STYLE_CSS: &str = include_str!("../assets/style.css");
+const FAVICON_SVG: &str = include_str!("../assets/favicon.svg");
+
+/// WebSocket read buffer per connection. tungstenite's default (128 KiB) would
+/// dominate the memory of an idle connection; frames are small JSON.
+const WS_READ_BUFFER: usize = 4 * 1024;
+const WS_WRITE_BUFFER: usize = 4 * 1024;
+
+/// The page may only talk to this server and run its own script, so even a
+/// rendering bug cannot load or run anything from elsewhere.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/app.js", get(|| asset("text/javascript; charset=utf-8", APP_JS)))
+        .route("/style.css", get(|| asset("text/css; charset=utf-8", STYLE_CSS)))
+        .route("/favicon.svg", get(|| asset("image/svg+xml", FAVICON_SVG)))
+        .route("/ws", get(upgrade))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .with_state(state)
+}
+
+async fn index() -> Response {
+    let mut response = asset("text/html; charset=utf-8", INDEX_HTML).await;
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    response
+}
+
+/// Assets change with the binary, so browsers revalidate instead of caching
+/// an old page against a new server.
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn upgrade(State(app): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    if let Err(reason) = check_origin(&headers, &app.config.allowed_origins) {
+        tracing::info!(reason, "refused a WebSocket upgrade");
+        return (StatusCode::FORBIDDEN, reason).into_response();
+    }
+    let max = app.config.max_frame_bytes;
+    let tracker = app.tracker.clone();
+    ws.read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
+        .max_frame_size(max)
+        .max_message_size(max)
+        .on_upgrade(move |socket| tracker.track_future(crate::ws::serve(socket, app)))
+}
+
+/// Cross-site WebSocket hijacking defence: a browser always sends Origin, so
+/// a page from another site is refused unless it is explicitly allowed.
+/// Clients without Origin (bots, CLI tools) are not browsers and pass.
+pub fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), &'static str> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let Ok(origin) = origin.to_str() else {
+        return Err("origin not allowed");
+    };
+    if allowed.iter().any(|a| a.trim_end_matches('/') == origin) {
+        return Ok(());
+    }
+    // "null" (sandboxed frames, file://) has no host and never matches.
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (origin_host, host) {
+        (Some(o), Some(h)) if o.eq_ignore_ascii_case(h) => Ok(()),
+        _ => Err("origin not allowed"),
+    }
+}
+
+async fn healthz(State(app): State<AppState>) -> Response {
+    match app.store.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    let body = json!({"error": {"code": "not_found", "message": "no such path"}});
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}

@@ -1,0 +1,169 @@
+//! Section 1: the WebSocket transport: text-only frames, size limit, pings, idle and handshake deadlines, Origin.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::helpers::{Client, Event, Server, WAIT};
+
+#[tokio::test]
+async fn binary_frame_gets_unsupported_and_connection_stays_open() {
+    let server = Server::start(&[]);
+    let (mut client, _) = server.joined("alice", &["general"]).await;
+
+    client.send_raw(Message::binary(vec![1u8, 2, 3])).await;
+
+    let error = client.recv().await;
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["code"], "unsupported");
+    client.assert_usable().await;
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009() {
+    let server = Server::start(&["--max-frame-bytes", "2048"]);
+    let (mut client, _) = server.joined("alice", &["general"]).await;
+
+    let text = "a".repeat(4000);
+    client
+        .send(json!({"type":"send","room":"general","text":text}))
+        .await;
+
+    assert_eq!(client.closed().await, Some(1009));
+}
+
+#[tokio::test]
+async fn frame_just_under_the_limit_is_accepted() {
+    let server = Server::start(&["--max-frame-bytes", "2048"]);
+    let (mut client, _) = server.joined("alice", &["general"]).await;
+
+    let text = "a".repeat(1900);
+    let ack = client.say("general", &text, "near-limit").await;
+
+    assert_eq!(ack["type"], "ack");
+}
+
+#[tokio::test]
+async fn application_ping_gets_pong() {
+    let server = Server::start(&[]);
+    let (mut client, _) = server.joined("alice", &["general"]).await;
+
+    client.send(json!({"type":"ping"})).await;
+
+    assert_eq!(client.recv().await, json!({"type":"pong"}));
+}
+
+#[tokio::test]
+async fn server_sends_websocket_pings() {
+    let server = Server::start(&["--ping-interval-ms", "200"]);
+    let (mut client, _) = server.joined("alice", &["general"]).await;
+
+    let event = client.next_event(WAIT).await;
+
+    assert!(matches!(event, Some(Event::Ping)), "got {event:?}");
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed_after_idle_timeout() {
+    let server = Server::start(&["--idle-timeout-ms", "500", "--ping-interval-ms", "60000"]);
+    let (mut client, _) = server.joined("alice", &["general"]).await;
+
+    let start = std::time::Instant::now();
+    let code = client.closed().await;
+
+    assert_eq!(code, Some(1000));
+    assert!(start.elapsed() >= Duration::from_millis(400));
+}
+
+#[tokio::test]
+async fn activity_keeps_a_connection_open_past_the_idle_timeout() {
+    let server = Server::start(&["--idle-timeout-ms", "600", "--ping-interval-ms", "60000"]);
+    let (mut client, _) = server.joined("alice", &["general"]).await;
+
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client.assert_usable().await;
+    }
+}
+
+#[tokio::test]
+async fn no_hello_in_time_closes_with_1008() {
+    let server = Server::start(&["--handshake-timeout-ms", "300"]);
+    let mut client = server.client().await;
+
+    assert_eq!(client.closed().await, Some(1008));
+}
+
+async fn upgrade_with_origin(server: &Server, origin: &str) -> Result<(), u16> {
+    let mut request = server.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", HeaderValue::from_str(origin).unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => Ok(()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[tokio::test]
+async fn foreign_origin_is_refused_with_403() {
+    let server = Server::start(&[]);
+
+    assert_eq!(upgrade_with_origin(&server, "https://evil.example").await, Err(403));
+    assert_eq!(upgrade_with_origin(&server, "null").await, Err(403));
+}
+
+#[tokio::test]
+async fn same_host_origin_is_accepted() {
+    let server = Server::start(&[]);
+    let origin = format!("http://{}", server.addr);
+
+    assert_eq!(upgrade_with_origin(&server, &origin).await, Ok(()));
+}
+
+#[tokio::test]
+async fn allowed_origin_is_accepted() {
+    let server = Server::start(&["--allowed-origin", "https://chat.example.org"]);
+
+    assert_eq!(upgrade_with_origin(&server, "https://chat.example.org").await, Ok(()));
+    assert_eq!(upgrade_with_origin(&server, "https://other.example.org").await, Err(403));
+}
+
+#[tokio::test]
+async fn no_origin_is_accepted_for_non_browser_clients() {
+    let server = Server::start(&[]);
+
+    let _client = Client::connect(&server.ws_url()).await;
+}
+
+#[tokio::test]
+async fn page_and_assets_are_served_from_the_binary() {
+    let server = Server::start(&[]);
+
+    let page = reqwest::get(server.http("/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(page.text().await.unwrap().contains("app.js"));
+    for (path, kind) in [("/app.js", "text/javascript"), ("/style.css", "text/css"), ("/favicon.svg", "image/svg+xml")] {
+        let asset = reqwest::get(server.http(path)).await.unwrap();
+        assert_eq!(asset.status(), 200, "{path}");
+        assert!(asset.headers()["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_path_is_a_json_404() {
+    let server = Server::start(&[]);
+
+    let response = reqwest::get(server.http("/no/such/thing")).await.unwrap();
+
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+}
