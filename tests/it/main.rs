@@ -2,5 +2,10 @@
 
 mod helpers;
 
+mod cli;
+mod errors;
+mod handshake;
+mod history;
 mod messages;
+mod replay;
 mod transport;
