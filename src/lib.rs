@@ -9,14 +9,18 @@
 //! - `ws`: one WebSocket connection: handshake, replay, live loop.
 //! - `web`: HTTP routes, the compiled-in page, the Origin check.
 //! - `ratelimit`: the per-connection send limit.
+//! - `metrics`: the Prometheus metrics of `/metrics`.
 //! - `shutdown`: SIGINT/SIGTERM.
 //!
 //! `App::open` opens the store; `App::serve` runs on a listener the caller
 //! bound (tests bind port 0) until the shutdown future resolves.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;
 pub mod shutdown;
@@ -79,6 +83,7 @@ pub struct App {
 impl App {
     /// Open (or create) and migrate the database. The error names the file and the cause.
     pub fn open(config: ServeConfig) -> Result<App, String> {
+        metrics::install();
         let hub = Arc::new(Hub::new());
         let publisher = hub.clone();
         let (store, writer) =
@@ -110,6 +115,13 @@ impl App {
         let token = state.shutdown.clone();
         let tracker = state.tracker.clone();
         let router = web::router(state);
+        let upkeep = tokio::spawn(async {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics::upkeep();
+            }
+        });
         let result = axum::serve(listener, router)
             .with_graceful_shutdown({
                 let token = token.clone();
@@ -124,6 +136,7 @@ impl App {
             })
             .await;
         token.cancel();
+        upkeep.abort();
         tracker.close();
         if tokio::time::timeout(CONNECTION_DRAIN, tracker.wait())
             .await

@@ -31,12 +31,7 @@ pub struct Limits {
 /// A validated client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
-    Hello {
-        nick: String,
-        rooms: Vec<String>,
-        server_offset: Option<i64>,
-        token: Option<String>,
-    },
+    Hello(Hello),
     Send {
         room: String,
         text: String,
@@ -56,6 +51,17 @@ pub enum ClientFrame {
         reference: Option<String>,
     },
     Ping,
+}
+
+/// The first frame of every connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Already trimmed.
+    pub nick: String,
+    /// Validated and without duplicates.
+    pub rooms: Vec<String>,
+    pub server_offset: Option<i64>,
+    pub token: Option<String>,
 }
 
 /// The outcome of decoding one text frame: the request, or the error to send
@@ -152,12 +158,12 @@ fn validate(mut raw: RawFrame, limits: &Limits) -> Result<ClientFrame, ClientErr
                     ));
                 }
             };
-            Ok(ClientFrame::Hello {
+            Ok(ClientFrame::Hello(Hello {
                 nick,
                 rooms,
                 server_offset: optional_id(raw.server_offset, "serverOffset")?,
                 token: optional_string(raw.token, "token")?,
-            })
+            }))
         }
         "send" => {
             let room = room_field(raw.room)?;

@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/favicon.svg", get(|| asset("image/svg+xml", FAVICON_SVG)))
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -115,7 +116,39 @@ async fn healthz(State(app): State<AppState>) -> Response {
     }
 }
 
+async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if !bearer_matches(&headers, app.config.access_token.as_deref()) {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid access token is required (Authorization: Bearer TOKEN)",
+        );
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+/// With an access token configured, the request must carry it as a Bearer
+/// token; compared in constant time.
+pub fn bearer_matches(headers: &HeaderMap, token: Option<&str>) -> bool {
+    let Some(token) = token else { return true };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    crate::ws::token_matches(Some(token), Some(given))
+}
+
+/// The JSON error shape of the HTTP side: `{"error":{"code":...,"message":...}}`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({"error": {"code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
+}
+
 async fn not_found() -> Response {
-    let body = json!({"error": {"code": "not_found", "message": "no such path"}});
-    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such path")
 }

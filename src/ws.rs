@@ -22,7 +22,7 @@ use crate::AppState;
 use crate::error::{ClientError, ErrorCode};
 use crate::hub::RoomEvent;
 use crate::protocol::{
-    self, ChatMessage, ClientFrame, Decoded, MAX_ROOMS_PER_CONNECTION, WireLimits,
+    self, ChatMessage, ClientFrame, Decoded, Hello, MAX_ROOMS_PER_CONNECTION, WireLimits,
 };
 use crate::ratelimit::TokenBucket;
 use crate::store::{Appended, NewMessage, StoreError};
@@ -73,19 +73,17 @@ struct Connection {
 
 /// Serve one upgraded socket until it closes or the server shuts down.
 pub async fn serve(mut socket: WebSocket, app: AppState) {
+    let _gauge = crate::metrics::ConnectionGauge::open();
     let hello = match handshake(&mut socket, &app).await {
         Ok(hello) => hello,
         Err(end) => return finish(socket, end).await,
     };
-    let ClientFrame::Hello {
+    let Hello {
         nick,
         rooms,
         server_offset,
         ..
-    } = hello
-    else {
-        return;
-    };
+    } = hello;
     let mut conn = Connection {
         socket,
         bucket: TokenBucket::new(app.config.sends_per_10s),
@@ -113,7 +111,7 @@ pub async fn serve(mut socket: WebSocket, app: AppState) {
 
 /// Wait for a valid `hello` within the handshake deadline, answering anything
 /// else with an error (the client may correct itself).
-async fn handshake(socket: &mut WebSocket, app: &AppState) -> Result<ClientFrame, End> {
+async fn handshake(socket: &mut WebSocket, app: &AppState) -> Result<Hello, End> {
     let deadline = Instant::now() + app.config.handshake_timeout();
     loop {
         let message = tokio::select! {
@@ -132,11 +130,8 @@ async fn handshake(socket: &mut WebSocket, app: &AppState) -> Result<ClientFrame
         };
         let Decoded { reference, frame } = protocol::decode(&text, &app.limits());
         match frame {
-            Ok(hello @ ClientFrame::Hello { .. }) => {
-                let ClientFrame::Hello { token, .. } = &hello else {
-                    unreachable!()
-                };
-                if !token_matches(app.config.access_token.as_deref(), token.as_deref()) {
+            Ok(ClientFrame::Hello(hello)) => {
+                if !token_matches(app.config.access_token.as_deref(), hello.token.as_deref()) {
                     let error = ClientError::new(
                         ErrorCode::Unauthorized,
                         "a valid access token is required",
@@ -156,7 +151,7 @@ async fn handshake(socket: &mut WebSocket, app: &AppState) -> Result<ClientFrame
     }
 }
 
-fn token_matches(expected: Option<&str>, given: Option<&str>) -> bool {
+pub fn token_matches(expected: Option<&str>, given: Option<&str>) -> bool {
     match expected {
         None => true,
         Some(expected) => {
@@ -279,6 +274,7 @@ impl Connection {
             timed(self.socket.feed(Message::Text(frame.into()))).await?;
             self.note_delivered(room, message.id);
         }
+        metrics::counter!(crate::metrics::REPLAYED).increment(messages.len() as u64);
         Ok(())
     }
 
@@ -394,7 +390,7 @@ impl Connection {
                 Ok(send_text(&mut self.socket, frame.into()).await?)
             }
             ClientFrame::Ping => Ok(send_text(&mut self.socket, protocol::pong_frame().into()).await?),
-            ClientFrame::Hello { .. } => Err(Reply::Error(ClientError::bad_request(
+            ClientFrame::Hello(_) => Err(Reply::Error(ClientError::bad_request(
                 "already said hello; reconnect to change nick",
             ))),
         }

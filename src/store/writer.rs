@@ -10,12 +10,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Publish, StoreError};
+use crate::metrics as metrics_names;
 use crate::protocol::ChatMessage;
 
 /// Most commands in one transaction: bounds the latency of the first one in a
@@ -108,9 +109,16 @@ impl Writer {
         let size = batch.len();
         let mut commands = batch.into_iter();
         let mut pending = Vec::with_capacity(size);
-        match write_batch(&mut self.conn, &mut commands, ts, &mut pending) {
+        let started = Instant::now();
+        let result = write_batch(&mut self.conn, &mut commands, ts, &mut pending);
+        metrics::histogram!(metrics_names::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        match result {
             Ok(()) => {
                 self.last_ts = ts;
+                let fresh = pending.iter().filter(|p| p.fresh.is_some()).count();
+                metrics::counter!(metrics_names::MESSAGES).increment(fresh as u64);
+                metrics::counter!(metrics_names::DUPLICATE_SENDS)
+                    .increment((pending.len() - fresh) as u64);
                 // Publish before acking, and in id order: anyone who sees the
                 // ack can already find the message live or in the store.
                 for item in &mut pending {
@@ -154,7 +162,7 @@ fn write_batch(
             Ok((outcome, fresh)) => pending.push(Pending {
                 reply,
                 outcome,
-                fresh: fresh.then(|| ChatMessage {
+                fresh: fresh.then_some(ChatMessage {
                     id: outcome.id,
                     room: message.room,
                     nick: message.nick,

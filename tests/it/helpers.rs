@@ -13,7 +13,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 /// The longest any single expected event may take.
@@ -356,10 +355,6 @@ impl Client {
         let frame = self.recv().await;
         assert_eq!(frame["type"], "pong", "connection not usable: {frame}");
     }
-}
-
-pub fn close_code(code: CloseCode) -> u16 {
-    u16::from(code)
 }
 
 /// The `message` frames among `frames`.

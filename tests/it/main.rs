@@ -3,6 +3,7 @@
 mod helpers;
 
 mod cli;
+mod example_db;
 mod errors;
 mod handshake;
 mod history;
