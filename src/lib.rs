@@ -5,8 +5,9 @@
 //! - `protocol`: the wire format, parsing and validation (no I/O).
 //! - `error`: the error codes clients see.
 //! - `store`: SQLite: the single writer thread (group commit) and the read pool.
-//! - `hub`: rooms and live fan-out.
-//! - `ws`: one WebSocket connection: handshake, replay, live loop.
+//! - `hub`: rooms in memory: live fan-out, presence, typing, draft echoes.
+//! - `drafts`: unsent text per (nick, room), written at most once a second.
+//! - `ws/`: one WebSocket connection: handshake, replay, live loop, requests.
 //! - `web`: HTTP routes, the compiled-in page, the Origin check.
 //! - `ratelimit`: the per-connection send limit.
 //! - `metrics`: the Prometheus metrics of `/metrics`.
@@ -18,6 +19,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod config;
+pub mod drafts;
 pub mod error;
 pub mod hub;
 pub mod metrics;
@@ -37,7 +39,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
-use crate::hub::Hub;
+use crate::drafts::{DRAFT_FLUSH, Drafts};
+use crate::hub::{Hub, PRESENCE_TICK};
 use crate::protocol::Limits;
 use crate::store::{Store, WriterThread};
 
@@ -52,6 +55,7 @@ pub struct Shared {
     pub config: ServeConfig,
     pub store: Store,
     pub hub: Arc<Hub>,
+    pub drafts: Arc<Drafts>,
     /// Cancelled when the server stops; every connection task watches it.
     pub shutdown: CancellationToken,
     /// Upgraded WebSockets outlive axum's graceful shutdown, so they are
@@ -84,17 +88,22 @@ impl App {
     /// Open (or create) and migrate the database. The error names the file and the cause.
     pub fn open(config: ServeConfig) -> Result<App, String> {
         metrics::install();
-        let hub = Arc::new(Hub::new());
+        let hub = Arc::new(Hub::new(Duration::from_millis(config.presence_grace_ms)));
         let publisher = hub.clone();
+        let cannot_open = |cause| {
+            format!(
+                "cannot open database {}: {cause}",
+                store::display_path(&config.db).display()
+            )
+        };
         let (store, writer) =
             store::open(&config.db, Box::new(move |message| publisher.publish(message)))
-                .map_err(|cause| {
-                    format!(
-                        "cannot open database {}: {cause}",
-                        store::display_path(&config.db).display()
-                    )
-                })?;
+                .map_err(cannot_open)?;
+        let drafts = store
+            .load_drafts()
+            .map_err(|e| cannot_open(e.to_string()))?;
         let state = AppState(Arc::new(Shared {
+            drafts: Arc::new(Drafts::load(drafts)),
             config,
             store,
             hub,
@@ -114,14 +123,25 @@ impl App {
         let App { state, writer } = self;
         let token = state.shutdown.clone();
         let tracker = state.tracker.clone();
+        let background = [
+            tokio::spawn(every(Duration::from_secs(5), metrics::upkeep)),
+            tokio::spawn({
+                let hub = state.hub.clone();
+                every(PRESENCE_TICK, move || hub.tick(std::time::Instant::now()))
+            }),
+            tokio::spawn({
+                let state = state.clone();
+                async move {
+                    let mut tick = tokio::time::interval(DRAFT_FLUSH);
+                    loop {
+                        tick.tick().await;
+                        flush_drafts(&state).await;
+                    }
+                }
+            }),
+        ];
+        let last_flush = state.clone();
         let router = web::router(state);
-        let upkeep = tokio::spawn(async {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                metrics::upkeep();
-            }
-        });
         let result = axum::serve(listener, router)
             .with_graceful_shutdown({
                 let token = token.clone();
@@ -136,7 +156,6 @@ impl App {
             })
             .await;
         token.cancel();
-        upkeep.abort();
         tracker.close();
         if tokio::time::timeout(CONNECTION_DRAIN, tracker.wait())
             .await
@@ -144,6 +163,13 @@ impl App {
         {
             tracing::warn!("some connections did not close in time");
         }
+        for task in background {
+            task.abort();
+            let _ = task.await;
+        }
+        // No connection can change a draft any more: write what is pending.
+        flush_drafts(&last_flush).await;
+        drop(last_flush);
         // The router and every connection have dropped their store handles by
         // now; the writer commits what is queued and stops.
         tokio::task::spawn_blocking(move || writer.join())
@@ -151,5 +177,28 @@ impl App {
             .ok();
         tracing::info!("stopped");
         result
+    }
+}
+
+/// Run `f` every `period` until the task is aborted.
+async fn every(period: Duration, f: impl Fn()) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        f();
+    }
+}
+
+/// Write every draft changed since the last flush in one transaction. On
+/// failure the drafts stay dirty and the next flush tries again.
+async fn flush_drafts(state: &AppState) {
+    let rows = state.drafts.take_dirty();
+    if rows.is_empty() {
+        return;
+    }
+    if let Err(e) = state.store.save_drafts(rows.clone()).await {
+        tracing::warn!(error = %e, drafts = rows.len(), "could not save drafts; will retry");
+        state.drafts.restore_dirty(&rows);
     }
 }

@@ -50,6 +50,14 @@ pub enum ClientFrame {
         limit: i64,
         reference: Option<String>,
     },
+    Typing {
+        room: String,
+        active: bool,
+    },
+    Draft {
+        room: String,
+        text: String,
+    },
     Ping,
 }
 
@@ -91,10 +99,24 @@ struct RawFrame {
     client_offset: Option<Value>,
     before: Option<Value>,
     limit: Option<Value>,
+    active: Option<Value>,
 }
 
 /// Decode and validate one client text frame.
 pub fn decode(text: &str, limits: &Limits) -> Decoded {
+    // serde also fills a struct from a JSON array (fields by position); a
+    // frame must be an object, so anything else is refused up front.
+    if !text.trim_start().starts_with('{') {
+        let message = if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+            "a frame must be a JSON object with a string field `type`".to_string()
+        } else {
+            "frame is not valid JSON".to_string()
+        };
+        return Decoded {
+            reference: None,
+            frame: Err(ClientError::bad_request(message)),
+        };
+    }
     let raw: RawFrame = match serde_json::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
@@ -215,6 +237,27 @@ fn validate(mut raw: RawFrame, limits: &Limits) -> Result<ClientFrame, ClientErr
                 limit,
                 reference,
             })
+        }
+        "typing" => {
+            let room = room_field(raw.room)?;
+            let active = match raw.active {
+                Some(Value::Bool(active)) => active,
+                Some(_) => return Err(ClientError::bad_request("field `active` must be a boolean")),
+                None => return Err(ClientError::bad_request("missing field `active`")),
+            };
+            Ok(ClientFrame::Typing { room, active })
+        }
+        "draft" => {
+            let room = room_field(raw.room)?;
+            let text = required_string(raw.text, "text")?;
+            // A draft may be empty (that clears it) or only white space.
+            if text.chars().nth(limits.max_text_chars).is_some() {
+                return Err(ClientError::new(
+                    ErrorCode::TooLong,
+                    format!("a draft is at most {} characters", limits.max_text_chars),
+                ));
+            }
+            Ok(ClientFrame::Draft { room, text })
         }
         "ping" => Ok(ClientFrame::Ping),
         other => Err(ClientError::bad_request(format!(
@@ -412,6 +455,10 @@ pub fn left_frame(room: &str) -> String {
 
 pub fn synced_frame(rooms: &[String], server_offset: i64) -> String {
     json!({ "type": "synced", "rooms": rooms, "serverOffset": server_offset }).to_string()
+}
+
+pub fn draft_frame(room: &str, text: &str, updated_at: i64) -> String {
+    json!({ "type": "draft", "room": room, "text": text, "updatedAt": updated_at }).to_string()
 }
 
 pub fn pong_frame() -> &'static str {

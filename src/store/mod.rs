@@ -23,10 +23,11 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::drafts::DraftRow;
 use crate::protocol::ChatMessage;
 
 pub use schema::latest_version as schema_version;
-pub use writer::{Appended, NewMessage};
+pub use writer::{Appended, NewMessage, now_ms};
 
 /// Why a store operation failed. Callers log it and tell clients `internal`.
 #[derive(Debug)]
@@ -65,8 +66,11 @@ pub type Publish = Box<dyn Fn(ChatMessage) + Send + 'static>;
 /// Cheap to clone; every connection task holds one.
 #[derive(Clone)]
 pub struct Store {
-    writes: mpsc::Sender<writer::Command>,
+    // Field order is drop order: the readers close before the last sender
+    // lets the writer stop, so the writer's connection is the last one and
+    // SQLite folds the WAL back into the database file on a clean exit.
     reads: Pool<SqliteConnectionManager>,
+    writes: mpsc::Sender<writer::Command>,
     newest_id: Arc<AtomicI64>,
 }
 
@@ -120,8 +124,8 @@ pub fn open(path: &Path, publish: Publish) -> Result<(Store, WriterThread), Stri
         .map_err(|e| format!("cannot start the writer thread: {e}"))?;
     Ok((
         Store {
-            writes,
             reads,
+            writes,
             newest_id,
         },
         WriterThread(thread),
@@ -168,6 +172,31 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         Ok(receiver)
+    }
+
+    /// Write drafts through the writer; resolves once they are committed.
+    pub async fn save_drafts(&self, drafts: Vec<DraftRow>) -> Result<(), StoreError> {
+        let (reply, receiver) = oneshot::channel();
+        self.writes
+            .send(writer::Command::SaveDrafts { drafts, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        receiver.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Every stored draft, read once at startup.
+    pub fn load_drafts(&self) -> Result<Vec<DraftRow>, StoreError> {
+        let conn = self.reads.get().map_err(StoreError::Pool)?;
+        let mut stmt = conn.prepare("SELECT nick, room, text, updated_at FROM drafts")?;
+        let rows = stmt.query_map([], |row| {
+            Ok(DraftRow {
+                nick: row.get(0)?,
+                room: row.get(1)?,
+                text: row.get(2)?,
+                updated_at: row.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     /// Run a read on a pooled connection, off the async workers.

@@ -4,7 +4,10 @@ use rusqlite::Connection;
 use rusqlite_migration::{M, MigrationDefinitionError, Migrations};
 
 /// Append only: never edit a migration that has shipped, add the next one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_messages.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_messages.sql"),
+    include_str!("migrations/0002_drafts.sql"),
+];
 
 /// The schema version this binary writes.
 pub fn latest_version() -> usize {

@@ -16,6 +16,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Publish, StoreError};
+use crate::drafts::DraftRow;
 use crate::metrics as metrics_names;
 use crate::protocol::ChatMessage;
 
@@ -30,6 +31,8 @@ pub struct NewMessage {
     pub nick: String,
     pub text: String,
     pub client_offset: Option<String>,
+    /// The sender had a draft in this room: delete it in the same transaction.
+    pub clear_draft: bool,
 }
 
 /// What an append produced: the stored id and commit time, and whether the
@@ -46,6 +49,26 @@ pub enum Command {
         message: NewMessage,
         reply: oneshot::Sender<Result<Appended, StoreError>>,
     },
+    /// Upsert drafts (an empty text deletes the row).
+    SaveDrafts {
+        drafts: Vec<DraftRow>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+impl Command {
+    /// Tell the requester its command was not stored.
+    fn fail(self, error: &str) {
+        let error = StoreError::Write(error.to_string());
+        match self {
+            Command::Append { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::SaveDrafts { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
 }
 
 pub fn spawn(
@@ -75,12 +98,18 @@ struct Writer {
     last_ts: i64,
 }
 
-/// One append inside the current batch, waiting for the commit.
-struct Pending {
-    reply: oneshot::Sender<Result<Appended, StoreError>>,
-    outcome: Appended,
-    /// The message to publish once committed; `None` for a duplicate.
-    fresh: Option<ChatMessage>,
+/// One command of the current batch, executed and waiting for the commit.
+enum Pending {
+    Append {
+        reply: oneshot::Sender<Result<Appended, StoreError>>,
+        outcome: Appended,
+        /// The message to publish once committed; `None` for a duplicate.
+        fresh: Option<ChatMessage>,
+    },
+    Drafts {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+        rows: usize,
+    },
 }
 
 impl Writer {
@@ -98,8 +127,13 @@ impl Writer {
             }
             self.commit_batch(batch);
         }
-        if let Err(e) = self.conn.execute_batch("PRAGMA optimize") {
-            tracing::debug!(error = %e, "PRAGMA optimize failed at close");
+        // Leave a self-contained database file behind, even if some other
+        // process still holds the WAL open.
+        if let Err(e) = self
+            .conn
+            .execute_batch("PRAGMA optimize; PRAGMA wal_checkpoint(TRUNCATE);")
+        {
+            tracing::debug!(error = %e, "closing maintenance failed");
         }
         tracing::debug!("writer stopped");
     }
@@ -115,31 +149,52 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.last_ts = ts;
-                let fresh = pending.iter().filter(|p| p.fresh.is_some()).count();
-                metrics::counter!(metrics_names::MESSAGES).increment(fresh as u64);
-                metrics::counter!(metrics_names::DUPLICATE_SENDS)
-                    .increment((pending.len() - fresh) as u64);
+                let (mut stored, mut duplicates, mut drafts) = (0, 0, 0);
                 // Publish before acking, and in id order: anyone who sees the
                 // ack can already find the message live or in the store.
                 for item in &mut pending {
-                    if let Some(message) = item.fresh.take() {
-                        self.newest_id.fetch_max(message.id, Ordering::AcqRel);
-                        (self.publish)(message);
+                    match item {
+                        Pending::Append { fresh, .. } => match fresh.take() {
+                            Some(message) => {
+                                stored += 1;
+                                self.newest_id.fetch_max(message.id, Ordering::AcqRel);
+                                (self.publish)(message);
+                            }
+                            None => duplicates += 1,
+                        },
+                        Pending::Drafts { rows, .. } => drafts += *rows as u64,
                     }
                 }
+                metrics::counter!(metrics_names::MESSAGES).increment(stored);
+                metrics::counter!(metrics_names::DUPLICATE_SENDS).increment(duplicates);
+                metrics::counter!(metrics_names::DRAFT_WRITES).increment(drafts);
+                // The requesters may have gone; what they asked for is stored regardless.
                 for item in pending {
-                    // The requester may have gone; the row is stored regardless.
-                    let _ = item.reply.send(Ok(item.outcome));
+                    match item {
+                        Pending::Append { reply, outcome, .. } => {
+                            let _ = reply.send(Ok(outcome));
+                        }
+                        Pending::Drafts { reply, .. } => {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, commands = size, "write transaction failed; nothing in it was stored");
-                let waiting = pending
-                    .into_iter()
-                    .map(|item| item.reply)
-                    .chain(commands.map(|Command::Append { reply, .. }| reply));
-                for reply in waiting {
-                    let _ = reply.send(Err(StoreError::Write(e.to_string())));
+                let error = e.to_string();
+                for item in pending {
+                    match item {
+                        Pending::Append { reply, .. } => {
+                            let _ = reply.send(Err(StoreError::Write(error.clone())));
+                        }
+                        Pending::Drafts { reply, .. } => {
+                            let _ = reply.send(Err(StoreError::Write(error.clone())));
+                        }
+                    }
+                }
+                for command in commands {
+                    command.fail(&error);
                 }
             }
         }
@@ -157,25 +212,37 @@ fn write_batch(
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     for command in commands.by_ref() {
-        let Command::Append { message, reply } = command;
-        match append(&tx, &message, ts) {
-            Ok((outcome, fresh)) => pending.push(Pending {
-                reply,
-                outcome,
-                fresh: fresh.then_some(ChatMessage {
-                    id: outcome.id,
-                    room: message.room,
-                    nick: message.nick,
-                    text: message.text,
-                    ts,
-                    client_offset: message.client_offset,
+        let executed = match command {
+            Command::Append { message, reply } => match append(&tx, &message, ts) {
+                Ok((outcome, fresh)) => Ok(Pending::Append {
+                    reply,
+                    outcome,
+                    fresh: fresh.then_some(ChatMessage {
+                        id: outcome.id,
+                        room: message.room,
+                        nick: message.nick,
+                        text: message.text,
+                        ts,
+                        client_offset: message.client_offset,
+                    }),
                 }),
-            }),
-            Err(e) => {
-                let _ = reply.send(Err(StoreError::Write(e.to_string())));
-                return Err(e);
-            }
-        }
+                Err(e) => {
+                    let _ = reply.send(Err(StoreError::Write(e.to_string())));
+                    Err(e)
+                }
+            },
+            Command::SaveDrafts { drafts, reply } => match save_drafts(&tx, &drafts) {
+                Ok(()) => Ok(Pending::Drafts {
+                    reply,
+                    rows: drafts.len(),
+                }),
+                Err(e) => {
+                    let _ = reply.send(Err(StoreError::Write(e.to_string())));
+                    Err(e)
+                }
+            },
+        };
+        pending.push(executed?);
     }
     tx.commit()
 }
@@ -197,6 +264,10 @@ fn append(conn: &Connection, message: &NewMessage, ts: i64) -> rusqlite::Result<
         ])?;
     if inserted == 1 {
         let id = conn.last_insert_rowid();
+        if message.clear_draft {
+            conn.prepare_cached("DELETE FROM drafts WHERE nick = ?1 AND room = ?2")?
+                .execute(params![message.nick, message.room])?;
+        }
         return Ok((
             Appended {
                 id,
@@ -222,7 +293,23 @@ fn append(conn: &Connection, message: &NewMessage, ts: i64) -> rusqlite::Result<
         .ok_or(rusqlite::Error::QueryReturnedNoRows)
 }
 
-fn now_ms() -> i64 {
+fn save_drafts(conn: &Connection, drafts: &[DraftRow]) -> rusqlite::Result<()> {
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO drafts (nick, room, text, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (nick, room) DO UPDATE SET text = excluded.text, updated_at = excluded.updated_at",
+    )?;
+    let mut delete = conn.prepare_cached("DELETE FROM drafts WHERE nick = ?1 AND room = ?2")?;
+    for draft in drafts {
+        if draft.text.is_empty() {
+            delete.execute(params![draft.nick, draft.room])?;
+        } else {
+            upsert.execute(params![draft.nick, draft.room, draft.text, draft.updated_at])?;
+        }
+    }
+    Ok(())
+}
+
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -53,6 +53,7 @@ async fn regenerate_chat_db_example() {
                 nick: "natter".into(),
                 text: text.to_string(),
                 client_offset: Some(format!("example-{}", i + 1)),
+                clear_draft: false,
             })
             .await
             .unwrap()

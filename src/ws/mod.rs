@@ -1,0 +1,353 @@
+//! One WebSocket connection: handshake, the live loop, requests (send, join, leave, history, typing, draft) and clean close.
+//!
+//! # Layout
+//! - `handshake`: waiting for a valid `hello`, the token check.
+//! - `rooms`: join (subscribe, replay, presence, draft), live delivery, leave.
+//! - `socket`: reads, timed writes, close codes.
+//! - this file: the connection task and its requests.
+//!
+//! Each connection is one task that owns its socket and `select!`s over the
+//! client's frames, its rooms' live channels, its direct channel (draft
+//! echoes), its pending acks, the ping timer, the idle deadline and server
+//! shutdown. Nothing here holds a lock across an `.await`.
+
+mod handshake;
+mod rooms;
+mod socket;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
+use tokio_stream::StreamMap;
+use tokio_stream::wrappers::BroadcastStream;
+
+pub use handshake::token_matches;
+
+use self::rooms::RoomState;
+use self::socket::{
+    CLOSE_NORMAL, End, Incoming, finish, incoming, send_error, send_text, timed,
+    unsupported_binary,
+};
+use crate::AppState;
+use crate::error::{ClientError, ErrorCode};
+use crate::hub::{Handle, RoomEvent};
+use crate::protocol::{self, ClientFrame, Decoded, Hello, MAX_ROOMS_PER_CONNECTION, WireLimits};
+use crate::ratelimit::TokenBucket;
+use crate::store::{Appended, NewMessage, StoreError, now_ms};
+
+/// A client sends `typing` about every 2 s while typing; relaying more often
+/// than this adds nothing for the others, so faster repeats are dropped.
+const TYPING_RELAY_INTERVAL: Duration = Duration::from_secs(1);
+
+type AckFuture = Pin<Box<dyn Future<Output = String> + Send>>;
+
+struct Connection {
+    socket: WebSocket,
+    app: AppState,
+    nick: String,
+    handle: Handle,
+    direct: mpsc::Receiver<Utf8Bytes>,
+    rooms: HashMap<String, RoomState>,
+    live: StreamMap<String, BroadcastStream<RoomEvent>>,
+    acks: FuturesOrdered<AckFuture>,
+    bucket: TokenBucket,
+    /// Highest id written on this connection, for `synced.serverOffset`.
+    max_delivered: i64,
+}
+
+/// Serve one upgraded socket until it closes or the server shuts down.
+pub async fn serve(mut socket: WebSocket, app: AppState) {
+    let _gauge = crate::metrics::ConnectionGauge::open();
+    let hello = match handshake::handshake(&mut socket, &app).await {
+        Ok(hello) => hello,
+        Err(end) => return finish(socket, end).await,
+    };
+    let Hello {
+        nick,
+        rooms,
+        server_offset,
+        ..
+    } = hello;
+    let (handle, direct) = app.hub.connect();
+    let mut conn = Connection {
+        socket,
+        bucket: TokenBucket::new(app.config.sends_per_10s),
+        app,
+        nick,
+        handle,
+        direct,
+        rooms: HashMap::new(),
+        live: StreamMap::new(),
+        acks: FuturesOrdered::new(),
+        max_delivered: 0,
+    };
+    let end = conn.run(rooms, server_offset).await;
+    let joined: Vec<String> = conn.rooms.keys().cloned().collect();
+    for room in joined {
+        conn.leave(&room);
+    }
+    finish(conn.socket, end).await;
+}
+
+impl Connection {
+    async fn run(&mut self, rooms: Vec<String>, server_offset: Option<i64>) -> End {
+        if let Err(end) = self.start(rooms, server_offset).await {
+            return end;
+        }
+        let config = &self.app.config;
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + config.ping_interval(),
+            config.ping_interval(),
+        );
+        let idle_timeout = config.idle_timeout();
+        let idle = sleep_until(tokio::time::Instant::now() + idle_timeout);
+        tokio::pin!(idle);
+        let shutdown = self.app.shutdown.clone();
+        loop {
+            let step = tokio::select! {
+                () = shutdown.cancelled() => Err(End::shutting_down()),
+                message = self.socket.recv() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                    match incoming(message) {
+                        Incoming::Text(text) => self.on_text(&text).await,
+                        Incoming::Binary => send_error(&mut self.socket, &unsupported_binary(), None).await,
+                        Incoming::Control => Ok(()),
+                        Incoming::End(end) => Err(end),
+                    }
+                }
+                Some((room, event)) = self.live.next() => self.on_live(room, event).await,
+                Some(frame) = self.acks.next() => send_text(&mut self.socket, frame.into()).await,
+                Some(frame) = self.direct.recv() => send_text(&mut self.socket, frame).await,
+                _ = ping.tick() => timed(self.socket.send(Message::Ping(Default::default()))).await,
+                () = &mut idle => Err(End::Close(CLOSE_NORMAL, "idle timeout")),
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// `welcome`, then each room's join sequence, then `synced`.
+    async fn start(&mut self, rooms: Vec<String>, server_offset: Option<i64>) -> Result<(), End> {
+        let newest = self.app.store.newest_id();
+        let config = &self.app.config;
+        let limits = WireLimits {
+            max_text_chars: config.max_text_chars,
+            max_frame_bytes: config.max_frame_bytes,
+            sends_per10s: config.sends_per_10s,
+        };
+        let welcome = protocol::welcome_frame(&session_id(), &self.nick, newest, &limits);
+        send_text(&mut self.socket, welcome.into()).await?;
+        for room in &rooms {
+            self.join(room, server_offset).await?;
+        }
+        self.send_synced(&rooms, newest, server_offset).await
+    }
+
+    /// `synced.serverOffset`: the largest of the store's newest id when the
+    /// sequence began, the highest id delivered, and the client's offset.
+    async fn send_synced(
+        &mut self,
+        rooms: &[String],
+        newest: i64,
+        server_offset: Option<i64>,
+    ) -> Result<(), End> {
+        let offset = newest
+            .max(self.max_delivered)
+            .max(server_offset.unwrap_or(0));
+        send_text(&mut self.socket, protocol::synced_frame(rooms, offset).into()).await
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        let Decoded { reference, frame } = protocol::decode(text, &self.app.limits());
+        let result = match frame {
+            Ok(frame) => self.on_frame(frame, reference.as_deref()).await,
+            Err(error) => Err(Reply::Error(error)),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(Reply::Error(error)) => {
+                send_error(&mut self.socket, &error, reference.as_deref()).await
+            }
+            Err(Reply::End(end)) => Err(end),
+        }
+    }
+
+    async fn on_frame(&mut self, frame: ClientFrame, reference: Option<&str>) -> Result<(), Reply> {
+        match frame {
+            ClientFrame::Send {
+                room,
+                text,
+                client_offset,
+            } => self.on_send(room, text, client_offset).await,
+            ClientFrame::Join {
+                room,
+                server_offset,
+            } => {
+                if !self.rooms.contains_key(&room) && self.rooms.len() >= MAX_ROOMS_PER_CONNECTION {
+                    return Err(Reply::Error(ClientError::new(
+                        ErrorCode::TooManyRooms,
+                        format!("at most {MAX_ROOMS_PER_CONNECTION} rooms per connection"),
+                    )));
+                }
+                let newest = self.app.store.newest_id();
+                self.join(&room, server_offset).await?;
+                Ok(self.send_synced(&[room], newest, server_offset).await?)
+            }
+            ClientFrame::Leave { room } => {
+                if !self.leave(&room) {
+                    return Err(not_joined(&room));
+                }
+                Ok(send_text(&mut self.socket, protocol::left_frame(&room).into()).await?)
+            }
+            ClientFrame::History {
+                room,
+                before,
+                limit,
+                reference: history_ref,
+            } => {
+                let (messages, has_more) = self
+                    .app
+                    .store
+                    .messages_before(&room, before, limit)
+                    .await
+                    .map_err(|e| Reply::Error(internal(e)))?;
+                let frame = protocol::history_frame(
+                    &room,
+                    history_ref.as_deref().or(reference),
+                    &messages,
+                    has_more,
+                );
+                Ok(send_text(&mut self.socket, frame.into()).await?)
+            }
+            ClientFrame::Typing { room, active } => self.on_typing(&room, active),
+            ClientFrame::Draft { room, text } => self.on_draft(&room, &text),
+            ClientFrame::Ping => Ok(send_text(&mut self.socket, protocol::pong_frame().into()).await?),
+            ClientFrame::Hello(_) => Err(Reply::Error(ClientError::bad_request(
+                "already said hello; reconnect to change nick",
+            ))),
+        }
+    }
+
+    /// Validate and queue a send; its ack (or error) goes out when the writer
+    /// has committed it, in the order of this connection's sends.
+    async fn on_send(
+        &mut self,
+        room: String,
+        text: String,
+        client_offset: Option<String>,
+    ) -> Result<(), Reply> {
+        if !self.rooms.contains_key(&room) {
+            return Err(not_joined(&room));
+        }
+        if !self.bucket.try_take() {
+            let per = self.app.config.sends_per_10s;
+            return Err(Reply::Error(ClientError::new(
+                ErrorCode::RateLimited,
+                format!("at most {per} messages per 10 s"),
+            )));
+        }
+        // Sending clears the draft, here and in the nick's other tabs.
+        let clear_draft = self.app.drafts.clear(&self.nick, &room);
+        if clear_draft {
+            let frame = protocol::draft_frame(&room, "", now_ms());
+            self.app
+                .hub
+                .to_other_tabs(&room, &self.nick, self.handle.id, frame.into());
+        }
+        let message = NewMessage {
+            room,
+            nick: self.nick.clone(),
+            text,
+            client_offset: client_offset.clone(),
+            clear_draft,
+        };
+        let receiver = self
+            .app
+            .store
+            .append(message)
+            .await
+            .map_err(|e| Reply::Error(internal(e)))?;
+        self.acks.push_back(Box::pin(async move {
+            let outcome = match receiver.await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(StoreError::Closed),
+            };
+            ack_or_error(client_offset.as_deref(), outcome)
+        }));
+        Ok(())
+    }
+
+    /// Relay a typing state to the room's other nicks; nothing is stored.
+    fn on_typing(&mut self, room: &str, active: bool) -> Result<(), Reply> {
+        let Some(state) = self.rooms.get_mut(room) else {
+            return Err(not_joined(room));
+        };
+        let now = Instant::now();
+        let repeat = matches!(state.typing, Some((was, at)) if was == active && now.duration_since(at) < TYPING_RELAY_INTERVAL);
+        if !repeat {
+            state.typing = Some((active, now));
+            self.app.hub.typing(room, &self.nick, active);
+        }
+        Ok(())
+    }
+
+    /// Keep the newest draft in memory (written within a second) and show it
+    /// in the nick's other tabs in this room.
+    fn on_draft(&mut self, room: &str, text: &str) -> Result<(), Reply> {
+        if !self.rooms.contains_key(room) {
+            return Err(not_joined(room));
+        }
+        let now = now_ms();
+        self.app.drafts.set(&self.nick, room, text, now);
+        let frame = protocol::draft_frame(room, text, now);
+        self.app
+            .hub
+            .to_other_tabs(room, &self.nick, self.handle.id, frame.into());
+        Ok(())
+    }
+}
+
+fn ack_or_error(client_offset: Option<&str>, outcome: Result<Appended, StoreError>) -> String {
+    match outcome {
+        Ok(Appended { id, ts, duplicate }) => {
+            protocol::ack_frame(client_offset, id, ts, duplicate)
+        }
+        Err(e) => protocol::error_frame(&internal(e), client_offset),
+    }
+}
+
+/// What a request handler can produce besides success.
+enum Reply {
+    Error(ClientError),
+    End(End),
+}
+
+impl From<End> for Reply {
+    fn from(end: End) -> Self {
+        Reply::End(end)
+    }
+}
+
+fn not_joined(room: &str) -> Reply {
+    Reply::Error(ClientError::new(
+        ErrorCode::NotJoined,
+        format!("join `{room}` first"),
+    ))
+}
+
+fn internal(e: StoreError) -> ClientError {
+    tracing::error!(error = %e, "store request failed");
+    ClientError::internal()
+}
+
+fn session_id() -> String {
+    let bytes: [u8; 12] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

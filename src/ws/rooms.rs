@@ -1,0 +1,246 @@
+//! A connection's rooms: joining (subscribe, replay, presence, draft), live delivery without gaps or duplicates, leaving.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use super::Connection;
+use super::socket::{CLOSE_INTERNAL, End, send_text, timed};
+use crate::hub::{PresenceView, RoomEvent, diff_from_view};
+use crate::protocol::{self, ChatMessage};
+use crate::store::StoreError;
+
+/// Rows read per query while replaying: bounds memory per connection no
+/// matter how long the client was away.
+const REPLAY_PAGE: i64 = 500;
+/// Live events written before one flush: a burst costs one syscall, not one
+/// per frame, and one busy socket cannot hog its worker for long.
+const MAX_WRITE_BATCH: usize = 64;
+
+/// This connection's state in one room.
+pub struct RoomState {
+    /// Highest message id of this room written to the socket. Live messages
+    /// at or below it were already replayed and are skipped.
+    last_id: i64,
+    /// Presence diffs below this `seq` predate the `presence` this connection
+    /// was sent and are skipped.
+    min_seq: u64,
+    /// Until the first diff after a `presence` snapshot arrives: what the
+    /// snapshot said, so that diff is computed from the connection's view.
+    view: Option<PresenceView>,
+    /// The last typing state relayed for this connection, and when.
+    pub typing: Option<(bool, Instant)>,
+}
+
+impl Connection {
+    /// `joined`, replay, `presence`, `draft`. Subscribes before reading the
+    /// store, so nothing committed meanwhile is missed.
+    pub(super) async fn join(&mut self, room: &str, server_offset: Option<i64>) -> Result<(), End> {
+        let presence = if self.rooms.contains_key(room) {
+            // Joining again: a new replay, a fresh presence snapshot.
+            self.app.hub.presence(room)
+        } else {
+            let joined = self.app.hub.join(room, &self.nick, &self.handle);
+            self.live
+                .insert(room.to_string(), BroadcastStream::new(joined.receiver));
+            self.rooms.insert(
+                room.to_string(),
+                RoomState {
+                    last_id: 0,
+                    min_seq: 0,
+                    view: None,
+                    typing: None,
+                },
+            );
+            Some((joined.view, joined.presence))
+        };
+        send_text(&mut self.socket, protocol::joined_frame(room).into()).await?;
+        match server_offset {
+            Some(offset) => self.replay_after(room, offset).await?,
+            None => self.send_recent(room).await?,
+        }
+        if let Some((view, frame)) = presence {
+            self.send_presence(room, view, frame).await?;
+        }
+        if let Some((text, updated_at)) = self.app.drafts.get(&self.nick, room) {
+            let frame = protocol::draft_frame(room, &text, updated_at);
+            send_text(&mut self.socket, frame.into()).await?;
+        }
+        Ok(())
+    }
+
+    /// Leave `room`: stop listening, drop out of its presence, end any typing.
+    pub(super) fn leave(&mut self, room: &str) -> bool {
+        let Some(state) = self.rooms.remove(room) else {
+            return false;
+        };
+        self.live.remove(room);
+        self.app.hub.leave(room, &self.nick, self.handle.id);
+        if matches!(state.typing, Some((true, _))) {
+            self.app.hub.typing(room, &self.nick, false);
+        }
+        true
+    }
+
+    async fn send_presence(
+        &mut self,
+        room: &str,
+        view: PresenceView,
+        frame: Utf8Bytes,
+    ) -> Result<(), End> {
+        if let Some(state) = self.rooms.get_mut(room) {
+            state.min_seq = view.next_seq;
+            state.view = Some(view);
+        }
+        send_text(&mut self.socket, frame).await
+    }
+
+    /// The newest `history_on_join` messages, for a client without an offset.
+    async fn send_recent(&mut self, room: &str) -> Result<(), End> {
+        let limit = i64::from(self.app.config.history_on_join);
+        if limit == 0 {
+            return Ok(());
+        }
+        let (messages, _) = self
+            .app
+            .store
+            .messages_before(room, None, limit)
+            .await
+            .map_err(store_failed)?;
+        self.write_messages(room, &messages).await?;
+        timed(self.socket.flush()).await
+    }
+
+    /// Stream every stored message of `room` above `after`, page by page,
+    /// until the store has nothing newer.
+    async fn replay_after(&mut self, room: &str, mut after: i64) -> Result<(), End> {
+        loop {
+            let page = self
+                .app
+                .store
+                .messages_after(room, after, REPLAY_PAGE)
+                .await
+                .map_err(store_failed)?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            self.write_messages(room, &page).await?;
+            if (page.len() as i64) < REPLAY_PAGE {
+                break;
+            }
+            if self.app.shutdown.is_cancelled() {
+                return Err(End::shutting_down());
+            }
+        }
+        timed(self.socket.flush()).await
+    }
+
+    /// Queue messages read from the store (flushing is the caller's).
+    async fn write_messages(&mut self, room: &str, messages: &[ChatMessage]) -> Result<(), End> {
+        for message in messages {
+            let frame = protocol::message_frame(message);
+            timed(self.socket.feed(Message::Text(frame.into()))).await?;
+            self.note_delivered(room, message.id);
+        }
+        metrics::counter!(crate::metrics::REPLAYED).increment(messages.len() as u64);
+        Ok(())
+    }
+
+    fn note_delivered(&mut self, room: &str, id: i64) {
+        if let Some(state) = self.rooms.get_mut(room) {
+            state.last_id = state.last_id.max(id);
+        }
+        self.max_delivered = self.max_delivered.max(id);
+    }
+
+    /// A live event, plus any others already waiting, written with one flush.
+    pub(super) async fn on_live(
+        &mut self,
+        room: String,
+        event: Result<RoomEvent, BroadcastStreamRecvError>,
+    ) -> Result<(), End> {
+        let mut next = Some((room, event));
+        let mut written = 0;
+        while let Some((room, event)) = next.take() {
+            if let Some(frame) = self.live_frame(&room, event).await? {
+                timed(self.socket.feed(Message::Text(frame))).await?;
+                written += 1;
+            }
+            if written >= MAX_WRITE_BATCH {
+                break;
+            }
+            next = self.live.next().now_or_never().flatten();
+        }
+        timed(self.socket.flush()).await
+    }
+
+    /// What, if anything, this connection should write for one live event.
+    async fn live_frame(
+        &mut self,
+        room: &str,
+        event: Result<RoomEvent, BroadcastStreamRecvError>,
+    ) -> Result<Option<Utf8Bytes>, End> {
+        let Some(state) = self.rooms.get_mut(room) else {
+            return Ok(None);
+        };
+        match event {
+            Ok(RoomEvent::Message { id, frame }) => {
+                if id <= state.last_id {
+                    return Ok(None); // already replayed
+                }
+                state.last_id = id;
+                self.max_delivered = self.max_delivered.max(id);
+                Ok(Some(frame))
+            }
+            Ok(RoomEvent::Presence {
+                seq,
+                viewers,
+                members,
+                frame,
+            }) => Ok(presence_frame(room, state, seq, viewers, &members, frame)),
+            Ok(RoomEvent::Typing { nick, frame }) => {
+                Ok((*nick != *self.nick).then_some(frame))
+            }
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                // The channel dropped events this connection had not read:
+                // reload the messages from the store, where they are
+                // committed, and restate presence (its diffs were lost too).
+                tracing::debug!(%room, missed, "receiver lagged; catching up from the store");
+                let after = state.last_id;
+                self.replay_after(room, after).await?;
+                if let Some((view, frame)) = self.app.hub.presence(room) {
+                    self.send_presence(room, view, frame).await?;
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// A presence diff as this connection must see it (see `RoomState::view`).
+fn presence_frame(
+    room: &str,
+    state: &mut RoomState,
+    seq: u64,
+    viewers: usize,
+    members: &BTreeSet<String>,
+    frame: Utf8Bytes,
+) -> Option<Utf8Bytes> {
+    if seq < state.min_seq {
+        return None;
+    }
+    match state.view.take() {
+        Some(view) if seq == view.next_seq => diff_from_view(room, &view, viewers, members),
+        _ => Some(frame),
+    }
+}
+
+/// A replay that cannot read the store would leave the client with a gap, so
+/// the connection is closed instead: the client reconnects with its offset.
+fn store_failed(e: StoreError) -> End {
+    tracing::error!(error = %e, "replay failed; closing the connection");
+    End::Close(CLOSE_INTERNAL, "store unavailable, reconnect")
+}
