@@ -273,6 +273,15 @@ impl Hub {
         });
     }
 
+    /// Open connections per room, for rooms with at least one.
+    pub fn viewer_counts(&self) -> HashMap<String, usize> {
+        self.lock()
+            .iter()
+            .filter(|(_, r)| r.viewers > 0)
+            .map(|(name, r)| (name.clone(), r.viewers))
+            .collect()
+    }
+
     /// Rooms held in memory (for tests and metrics).
     pub fn active_rooms(&self) -> usize {
         self.lock().len()

@@ -9,6 +9,7 @@
 //! - `drafts`: unsent text per (nick, room), written at most once a second.
 //! - `ws/`: one WebSocket connection: handshake, replay, live loop, requests.
 //! - `web`: HTTP routes, the compiled-in page, the Origin check.
+//! - `api`: the HTTP API under `/api` (history, posting).
 //! - `ratelimit`: the per-connection send limit.
 //! - `metrics`: the Prometheus metrics of `/metrics`.
 //! - `shutdown`: SIGINT/SIGTERM.
@@ -18,6 +19,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod api;
 pub mod config;
 pub mod drafts;
 pub mod error;
@@ -42,7 +44,7 @@ use crate::config::ServeConfig;
 use crate::drafts::{DRAFT_FLUSH, Drafts};
 use crate::hub::{Hub, PRESENCE_TICK};
 use crate::protocol::Limits;
-use crate::store::{Store, WriterThread};
+use crate::store::{Appended, NewMessage, Store, StoreError, WriterThread};
 
 /// How long shutdown waits for connections to say goodbye before exiting anyway.
 const CONNECTION_DRAIN: Duration = Duration::from_secs(10);
@@ -56,6 +58,8 @@ pub struct Shared {
     pub store: Store,
     pub hub: Arc<Hub>,
     pub drafts: Arc<Drafts>,
+    /// HTTP post rate limits per client address.
+    pub post_limits: api::PostLimits,
     /// Cancelled when the server stops; every connection task watches it.
     pub shutdown: CancellationToken,
     /// Upgraded WebSockets outlive axum's graceful shutdown, so they are
@@ -76,7 +80,39 @@ impl Shared {
             max_text_chars: self.config.max_text_chars,
         }
     }
+
+    /// The one path every message takes, from a WebSocket `send` or an HTTP
+    /// post: clear the sender's draft (telling its tabs other than `origin`),
+    /// then queue the message for the single writer, which assigns its id,
+    /// commits, broadcasts, and answers on the returned channel.
+    pub async fn submit(
+        &self,
+        room: String,
+        nick: String,
+        text: String,
+        client_offset: Option<String>,
+        origin: Option<u64>,
+    ) -> Result<Pending, StoreError> {
+        let clear_draft = self.drafts.clear(&nick, &room);
+        if clear_draft {
+            let frame = protocol::draft_frame(&room, "", store::now_ms());
+            self.hub
+                .to_other_tabs(&room, &nick, origin.unwrap_or(0), frame.into());
+        }
+        self.store
+            .append(NewMessage {
+                room,
+                nick,
+                text,
+                client_offset,
+                clear_draft,
+            })
+            .await
+    }
 }
+
+/// Resolves when the writer has stored (or found) the message.
+pub type Pending = tokio::sync::oneshot::Receiver<Result<Appended, StoreError>>;
 
 /// An opened store and hub, ready to serve.
 pub struct App {
@@ -104,6 +140,7 @@ impl App {
             .map_err(|e| cannot_open(e.to_string()))?;
         let state = AppState(Arc::new(Shared {
             drafts: Arc::new(Drafts::load(drafts)),
+            post_limits: api::PostLimits::default(),
             config,
             store,
             hub,
@@ -142,7 +179,8 @@ impl App {
         ];
         let last_flush = state.clone();
         let router = web::router(state);
-        let result = axum::serve(listener, router)
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let result = axum::serve(listener, service)
             .with_graceful_shutdown({
                 let token = token.clone();
                 async move {

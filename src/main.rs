@@ -48,6 +48,8 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     let listener = TcpListener::bind(&addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let shutdown =
+        natter::shutdown::listen().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
@@ -57,7 +59,7 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     let _ = stdout.flush();
     drop(stdout);
     tracing::info!(%local, "natter is serving");
-    app.serve(listener, natter::shutdown::signal())
+    app.serve(listener, shutdown)
         .await
         .map_err(|e| format!("server failed: {e}"))
 }

@@ -386,20 +386,28 @@ pub struct ChatMessage {
     pub client_offset: Option<String>,
 }
 
+/// A stored message as a frame, `{"type":"message",...}`: live, replayed,
+/// in history pages and in the HTTP API alike.
 #[derive(Serialize)]
-struct Tagged<'a, T> {
+pub struct MessageFrame<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     #[serde(flatten)]
-    body: &'a T,
+    message: &'a ChatMessage,
 }
 
-/// `{"type":"message",...}`: serialized once per message and shared by every receiver.
+impl<'a> From<&'a ChatMessage> for MessageFrame<'a> {
+    fn from(message: &'a ChatMessage) -> Self {
+        MessageFrame {
+            kind: "message",
+            message,
+        }
+    }
+}
+
+/// Serialized once per message and shared by every receiver.
 pub fn message_frame(message: &ChatMessage) -> String {
-    to_json(&Tagged {
-        kind: "message",
-        body: message,
-    })
+    to_json(&MessageFrame::from(message))
 }
 
 pub fn error_frame(error: &ClientError, reference: Option<&str>) -> String {
@@ -479,20 +487,14 @@ pub fn history_frame(
         room: &'a str,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
-        messages: Vec<Tagged<'a, ChatMessage>>,
+        messages: Vec<MessageFrame<'a>>,
         has_more: bool,
     }
     to_json(&History {
         kind: "history",
         room,
         reference,
-        messages: messages
-            .iter()
-            .map(|body| Tagged {
-                kind: "message",
-                body,
-            })
-            .collect(),
+        messages: messages.iter().map(MessageFrame::from).collect(),
         has_more,
     })
 }

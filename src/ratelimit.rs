@@ -25,6 +25,12 @@ impl TokenBucket {
         }
     }
 
+    /// A full bucket is indistinguishable from a new one.
+    pub fn is_full_at(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens + elapsed * self.per_second >= self.capacity
+    }
+
     /// Take one token if there is one.
     pub fn try_take(&mut self) -> bool {
         self.try_take_at(Instant::now())

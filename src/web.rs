@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(crate::api::router(state.clone()))
         .fallback(not_found)
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,

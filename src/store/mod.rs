@@ -233,6 +233,44 @@ impl Store {
         .await
     }
 
+    /// The first `limit` messages of `room` above `after` and below `before`,
+    /// ascending, and whether more follow within that range.
+    pub async fn messages_between(
+        &self,
+        room: &str,
+        after: i64,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<(Vec<ChatMessage>, bool), StoreError> {
+        let room = room.to_string();
+        let before = before.unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, room, nick, text, ts, client_offset FROM messages
+                 WHERE room = ?1 AND id > ?2 AND id < ?3 ORDER BY id LIMIT ?4",
+            )?;
+            let mut messages = stmt
+                .query_map(params![room, after, before, limit + 1], row_to_message)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let has_more = messages.len() as i64 > limit;
+            messages.truncate(limit as usize);
+            Ok((messages, has_more))
+        })
+        .await
+    }
+
+    /// Every room that has messages: `(room, message count, last id)`, by name.
+    pub async fn room_stats(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT room, count(*), max(id) FROM messages GROUP BY room ORDER BY room",
+            )?;
+            let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
     /// The newest `limit` messages of `room` below `before` (or the newest of
     /// all), ascending, and whether older ones exist.
     pub async fn messages_before(

@@ -39,7 +39,7 @@ use crate::error::{ClientError, ErrorCode};
 use crate::hub::{Handle, RoomEvent};
 use crate::protocol::{self, ClientFrame, Decoded, Hello, MAX_ROOMS_PER_CONNECTION, WireLimits};
 use crate::ratelimit::TokenBucket;
-use crate::store::{Appended, NewMessage, StoreError, now_ms};
+use crate::store::{Appended, StoreError, now_ms};
 
 /// A client sends `typing` about every 2 s while typing; relaying more often
 /// than this adds nothing for the others, so faster repeats are dropped.
@@ -253,25 +253,15 @@ impl Connection {
                 format!("at most {per} messages per 10 s"),
             )));
         }
-        // Sending clears the draft, here and in the nick's other tabs.
-        let clear_draft = self.app.drafts.clear(&self.nick, &room);
-        if clear_draft {
-            let frame = protocol::draft_frame(&room, "", now_ms());
-            self.app
-                .hub
-                .to_other_tabs(&room, &self.nick, self.handle.id, frame.into());
-        }
-        let message = NewMessage {
-            room,
-            nick: self.nick.clone(),
-            text,
-            client_offset: client_offset.clone(),
-            clear_draft,
-        };
         let receiver = self
             .app
-            .store
-            .append(message)
+            .submit(
+                room,
+                self.nick.clone(),
+                text,
+                client_offset.clone(),
+                Some(self.handle.id),
+            )
             .await
             .map_err(|e| Reply::Error(internal(e)))?;
         self.acks.push_back(Box::pin(async move {
