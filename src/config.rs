@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::TypedValueParser;
-use clap::{Args, Parser};
+use clap::{Args, Parser, Subcommand};
 
 /// Largest text a message may carry, in Unicode scalar values. Long enough for a
 /// pasted stack trace, short enough that 50 of them fit comfortably in one page.
@@ -30,10 +30,27 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 
 /// natter: a real-time chat server in one binary, with its messages in SQLite.
 #[derive(Debug, Parser)]
-#[command(name = "natter", version, about)]
+#[command(name = "natter", version, about, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     #[command(flatten)]
     pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy the database consistently to DEST, safe while natter is running on it.
+    Backup(BackupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The database to copy.
+    #[arg(long, env = "NATTER_DB", default_value = "chat.db")]
+    pub db: PathBuf,
+    /// Where to write the copy; must not exist yet.
+    pub dest: PathBuf,
 }
 
 /// Everything the server needs to run. Options can also come from the

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use clap::error::ErrorKind;
 use natter::App;
-use natter::config::{Cli, ServeConfig};
+use natter::config::{BackupArgs, Cli, Command, ServeConfig};
 use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
@@ -26,6 +26,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
+    if let Some(Command::Backup(args)) = cli.command {
+        return backup(&args);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -37,6 +40,26 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("natter: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn backup(args: &BackupArgs) -> ExitCode {
+    match natter::store::backup(&args.db, &args.dest) {
+        Ok(report) => {
+            println!(
+                "backed up {} to {}: {} messages, newest id {}, {} bytes",
+                args.db.display(),
+                args.dest.display(),
+                report.messages,
+                report.newest_id,
+                report.bytes
+            );
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("natter: error: backup failed: {message}");
             ExitCode::FAILURE
         }
     }

@@ -5,11 +5,13 @@
 //! - `writer`: the thread that owns the only write connection and commits in
 //!   batches (group commit); it assigns ids, commits, then publishes, so ids are
 //!   committed and broadcast in one order.
+//! - `backup`: the consistent online copy behind `natter backup`.
 //! - this file: opening, pragmas, the read pool and the read queries.
 //!
 //! SQLite never runs on the async workers: writes go to the writer thread,
 //! reads run on the pool inside `spawn_blocking`.
 
+mod backup;
 mod schema;
 mod writer;
 
@@ -26,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::drafts::DraftRow;
 use crate::protocol::ChatMessage;
 
+pub use backup::{BackupReport, backup};
 pub use schema::latest_version as schema_version;
 pub use writer::{Appended, NewMessage, now_ms};
 
