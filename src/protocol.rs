@@ -423,14 +423,17 @@ pub fn error_frame(error: &ClientError, reference: Option<&str>) -> String {
 }
 
 pub fn ack_frame(client_offset: Option<&str>, id: i64, ts: i64, duplicate: bool) -> String {
-    let mut frame = json!({ "type": "ack", "id": id, "ts": ts });
+    let mut frame = serde_json::Map::new();
+    frame.insert("type".into(), "ack".into());
     if let Some(client_offset) = client_offset {
-        frame["clientOffset"] = Value::from(client_offset);
+        frame.insert("clientOffset".into(), client_offset.into());
     }
+    frame.insert("id".into(), id.into());
+    frame.insert("ts".into(), ts.into());
     if duplicate {
-        frame["duplicate"] = Value::Bool(true);
+        frame.insert("duplicate".into(), true.into());
     }
-    frame.to_string()
+    Value::Object(frame).to_string()
 }
 
 pub fn welcome_frame(session_id: &str, nick: &str, server_offset: i64, limits: &WireLimits) -> String {

@@ -250,6 +250,11 @@ fn write_batch(
 /// Insert one message, or find the one already stored under its `clientOffset`.
 /// Returns the outcome and whether a new row was written.
 fn append(conn: &Connection, message: &NewMessage, ts: i64) -> rusqlite::Result<(Appended, bool)> {
+    // Look first: an INSERT that hits the UNIQUE key would still use up an
+    // AUTOINCREMENT id, leaving a hole in the sequence for every retry.
+    if let Some(stored) = find_by_client_offset(conn, message.client_offset.as_deref())? {
+        return Ok((stored, false));
+    }
     let inserted = conn
         .prepare_cached(
             "INSERT INTO messages (room, nick, text, ts, client_offset) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -262,35 +267,43 @@ fn append(conn: &Connection, message: &NewMessage, ts: i64) -> rusqlite::Result<
             ts,
             message.client_offset
         ])?;
-    if inserted == 1 {
-        let id = conn.last_insert_rowid();
-        if message.clear_draft {
-            conn.prepare_cached("DELETE FROM drafts WHERE nick = ?1 AND room = ?2")?
-                .execute(params![message.nick, message.room])?;
-        }
-        return Ok((
-            Appended {
-                id,
-                ts,
-                duplicate: false,
-            },
-            true,
-        ));
+    if inserted == 0 {
+        // Only another process writing the same key meanwhile gets here.
+        return find_by_client_offset(conn, message.client_offset.as_deref())?
+            .map(|stored| (stored, false))
+            .ok_or(rusqlite::Error::QueryReturnedNoRows);
     }
-    // Only a conflicting clientOffset skips the insert, so the row exists.
-    let existing = conn
-        .prepare_cached("SELECT id, ts FROM messages WHERE client_offset = ?1")?
-        .query_row(params![message.client_offset], |row| {
+    let id = conn.last_insert_rowid();
+    if message.clear_draft {
+        conn.prepare_cached("DELETE FROM drafts WHERE nick = ?1 AND room = ?2")?
+            .execute(params![message.nick, message.room])?;
+    }
+    Ok((
+        Appended {
+            id,
+            ts,
+            duplicate: false,
+        },
+        true,
+    ))
+}
+
+fn find_by_client_offset(
+    conn: &Connection,
+    client_offset: Option<&str>,
+) -> rusqlite::Result<Option<Appended>> {
+    let Some(client_offset) = client_offset else {
+        return Ok(None);
+    };
+    conn.prepare_cached("SELECT id, ts FROM messages WHERE client_offset = ?1")?
+        .query_row(params![client_offset], |row| {
             Ok(Appended {
                 id: row.get(0)?,
                 ts: row.get(1)?,
                 duplicate: true,
             })
         })
-        .optional()?;
-    existing
-        .map(|appended| (appended, false))
-        .ok_or(rusqlite::Error::QueryReturnedNoRows)
+        .optional()
 }
 
 fn save_drafts(conn: &Connection, drafts: &[DraftRow]) -> rusqlite::Result<()> {

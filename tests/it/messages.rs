@@ -53,7 +53,11 @@ async fn text_is_stored_and_delivered_exactly_as_sent() {
     assert_eq!(message["text"], text);
     let stored: String = server
         .sqlite()
-        .query_row("SELECT text FROM messages WHERE id = ?1", [ack["id"].as_i64().unwrap()], |r| r.get(0))
+        .query_row(
+            "SELECT text FROM messages WHERE id = ?1",
+            [ack["id"].as_i64().unwrap()],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(stored, text);
 }
@@ -77,6 +81,18 @@ async fn same_client_offset_twice_stores_one_row_and_acks_duplicate() {
 }
 
 #[tokio::test]
+async fn duplicates_use_up_no_ids() {
+    let server = Server::start(&[]);
+    let (mut alice, _) = server.joined("alice", &["general"]).await;
+    let first = alice.say("general", "once", "gap-1").await;
+
+    alice.say("general", "once", "gap-1").await;
+    let next = alice.say("general", "next", "gap-2").await;
+
+    assert_eq!(next["id"].as_i64().unwrap(), first["id"].as_i64().unwrap() + 1);
+}
+
+#[tokio::test]
 async fn duplicate_sends_in_one_burst_store_one_row() {
     let server = Server::start(&["--sends-per-10s", "0"]);
     let (mut alice, _) = server.joined("alice", &["general"]).await;
@@ -94,7 +110,10 @@ async fn duplicate_sends_in_one_burst_store_one_row() {
             acks.push(frame);
         }
     }
-    assert_eq!(acks.iter().filter(|a| a.get("duplicate").is_none()).count(), 1);
+    assert_eq!(
+        acks.iter().filter(|a| a.get("duplicate").is_none()).count(),
+        1
+    );
     assert!(acks.iter().all(|a| a["id"] == acks[0]["id"]));
     assert_eq!(server.count_rows("client_offset = 'same'"), 1);
 }
@@ -169,9 +188,18 @@ async fn every_connection_sees_one_increasing_id_order_under_concurrent_senders(
         frames.push(observer.recv().await);
     }
     let seen = ids(&frames);
-    assert!(seen.windows(2).all(|w| w[0] < w[1]), "ids not strictly increasing");
-    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), senders * per_sender);
-    assert_eq!(server.count_rows("room = 'general'"), (senders * per_sender) as i64);
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "ids not strictly increasing"
+    );
+    assert_eq!(
+        seen.iter().collect::<HashSet<_>>().len(),
+        senders * per_sender
+    );
+    assert_eq!(
+        server.count_rows("room = 'general'"),
+        (senders * per_sender) as i64
+    );
 }
 
 #[tokio::test]
