@@ -114,11 +114,9 @@ async fn rooms(State(app): State<AppState>) -> Result<Response, ApiError> {
         })
         .collect();
     // Rooms people are in that have no messages yet.
-    rooms.extend(
-        viewers
-            .into_iter()
-            .map(|(room, viewing)| json!({"room": room, "messages": 0, "lastId": null, "viewers": viewing})),
-    );
+    rooms.extend(viewers.into_iter().map(
+        |(room, viewing)| json!({"room": room, "messages": 0, "lastId": null, "viewers": viewing}),
+    ));
     rooms.sort_by(|a, b| a["room"].as_str().cmp(&b["room"].as_str()));
     Ok(axum::Json(json!({ "rooms": rooms })).into_response())
 }
@@ -145,7 +143,11 @@ async fn history(
         },
     };
     let (messages, has_more) = match after {
-        Some(after) => app.store.messages_between(&room, after, before, limit).await,
+        Some(after) => {
+            app.store
+                .messages_between(&room, after, before, limit)
+                .await
+        }
         None => app.store.messages_before(&room, before, limit).await,
     }
     .map_err(internal)?;
@@ -167,10 +169,9 @@ fn id_param(query: &HashMap<String, String>, name: &str) -> Result<Option<i64>, 
         None => Ok(None),
         Some(raw) => match raw.parse::<i64>() {
             Ok(n) if n >= 0 => Ok(Some(n)),
-            _ => Err(ClientError::bad_request(format!(
-                "`{name}` must be a non-negative integer"
-            ))
-            .into()),
+            _ => Err(
+                ClientError::bad_request(format!("`{name}` must be a non-negative integer")).into(),
+            ),
         },
     }
 }

@@ -30,7 +30,12 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 
 /// natter: a real-time chat server in one binary, with its messages in SQLite.
 #[derive(Debug, Parser)]
-#[command(name = "natter", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "natter",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -127,5 +132,4 @@ impl ServeConfig {
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
     }
-
 }

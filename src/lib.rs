@@ -132,9 +132,11 @@ impl App {
                 store::display_path(&config.db).display()
             )
         };
-        let (store, writer) =
-            store::open(&config.db, Box::new(move |message| publisher.publish(message)))
-                .map_err(cannot_open)?;
+        let (store, writer) = store::open(
+            &config.db,
+            Box::new(move |message| publisher.publish(message)),
+        )
+        .map_err(cannot_open)?;
         let drafts = store
             .load_drafts()
             .map_err(|e| cannot_open(e.to_string()))?;

@@ -53,7 +53,11 @@ fn describe() {
     metrics::describe_counter!(MESSAGES, "Messages stored.");
     metrics::describe_counter!(DUPLICATE_SENDS, "Sends answered as duplicates.");
     metrics::describe_counter!(REPLAYED, "Messages sent from the store on hello/join.");
-    metrics::describe_histogram!(COMMIT_SECONDS, metrics::Unit::Seconds, "Time per write transaction.");
+    metrics::describe_histogram!(
+        COMMIT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time per write transaction."
+    );
     metrics::describe_counter!(DRAFT_WRITES, "Draft rows written to the store.");
     // Registered up front so a scrape shows every series from the start.
     metrics::gauge!(CONNECTIONS).set(0.0);

@@ -242,7 +242,9 @@ fn validate(mut raw: RawFrame, limits: &Limits) -> Result<ClientFrame, ClientErr
             let room = room_field(raw.room)?;
             let active = match raw.active {
                 Some(Value::Bool(active)) => active,
-                Some(_) => return Err(ClientError::bad_request("field `active` must be a boolean")),
+                Some(_) => {
+                    return Err(ClientError::bad_request("field `active` must be a boolean"));
+                }
                 None => return Err(ClientError::bad_request("missing field `active`")),
             };
             Ok(ClientFrame::Typing { room, active })
@@ -436,7 +438,12 @@ pub fn ack_frame(client_offset: Option<&str>, id: i64, ts: i64, duplicate: bool)
     Value::Object(frame).to_string()
 }
 
-pub fn welcome_frame(session_id: &str, nick: &str, server_offset: i64, limits: &WireLimits) -> String {
+pub fn welcome_frame(
+    session_id: &str,
+    nick: &str,
+    server_offset: i64,
+    limits: &WireLimits,
+) -> String {
     json!({
         "type": "welcome",
         "sessionId": session_id,

@@ -63,7 +63,10 @@ mod tests {
         for _ in 0..20 {
             assert!(bucket.try_take_at(start));
         }
-        assert!(!bucket.try_take_at(start), "the 21st send in a burst is refused");
+        assert!(
+            !bucket.try_take_at(start),
+            "the 21st send in a burst is refused"
+        );
         // 20 per 10 s is one token every 500 ms.
         assert!(!bucket.try_take_at(start + Duration::from_millis(400)));
         assert!(bucket.try_take_at(start + Duration::from_millis(520)));

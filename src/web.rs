@@ -30,8 +30,14 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(index))
-        .route("/app.js", get(|| asset("text/javascript; charset=utf-8", APP_JS)))
-        .route("/style.css", get(|| asset("text/css; charset=utf-8", STYLE_CSS)))
+        .route(
+            "/app.js",
+            get(|| asset("text/javascript; charset=utf-8", APP_JS)),
+        )
+        .route(
+            "/style.css",
+            get(|| asset("text/css; charset=utf-8", STYLE_CSS)),
+        )
         .route("/favicon.svg", get(|| asset("image/svg+xml", FAVICON_SVG)))
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
@@ -71,7 +77,11 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-async fn upgrade(State(app): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if let Err(reason) = check_origin(&headers, &app.config.allowed_origins) {
         tracing::info!(reason, "refused a WebSocket upgrade");
         return (StatusCode::FORBIDDEN, reason).into_response();
@@ -108,7 +118,11 @@ pub fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), &'sta
 }
 
 async fn healthz(State(app): State<AppState>) -> Response {
-    match app.store.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await {
+    match app
+        .store
+        .read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+        .await
+    {
         Ok(()) => (StatusCode::OK, "ok").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "health check failed");
@@ -126,7 +140,10 @@ async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
         );
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         crate::metrics::render(),
     )
         .into_response()

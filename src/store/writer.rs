@@ -316,7 +316,12 @@ fn save_drafts(conn: &Connection, drafts: &[DraftRow]) -> rusqlite::Result<()> {
         if draft.text.is_empty() {
             delete.execute(params![draft.nick, draft.room])?;
         } else {
-            upsert.execute(params![draft.nick, draft.room, draft.text, draft.updated_at])?;
+            upsert.execute(params![
+                draft.nick,
+                draft.room,
+                draft.text,
+                draft.updated_at
+            ])?;
         }
     }
     Ok(())

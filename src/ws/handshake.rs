@@ -4,7 +4,9 @@ use axum::extract::ws::WebSocket;
 use subtle::ConstantTimeEq;
 use tokio::time::{Instant, sleep_until};
 
-use super::socket::{CLOSE_POLICY, End, Incoming, incoming, send_error, send_text, unsupported_binary};
+use super::socket::{
+    CLOSE_POLICY, End, Incoming, incoming, send_error, send_text, unsupported_binary,
+};
 use crate::AppState;
 use crate::error::{ClientError, ErrorCode};
 use crate::protocol::{self, ClientFrame, Decoded, Hello};

@@ -31,8 +31,7 @@ pub use handshake::token_matches;
 
 use self::rooms::RoomState;
 use self::socket::{
-    CLOSE_NORMAL, End, Incoming, finish, incoming, send_error, send_text, timed,
-    unsupported_binary,
+    CLOSE_NORMAL, End, Incoming, finish, incoming, send_error, send_text, timed, unsupported_binary,
 };
 use crate::AppState;
 use crate::error::{ClientError, ErrorCode};
@@ -161,7 +160,11 @@ impl Connection {
         let offset = newest
             .max(self.max_delivered)
             .max(server_offset.unwrap_or(0));
-        send_text(&mut self.socket, protocol::synced_frame(rooms, offset).into()).await
+        send_text(
+            &mut self.socket,
+            protocol::synced_frame(rooms, offset).into(),
+        )
+        .await
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
@@ -228,7 +231,9 @@ impl Connection {
             }
             ClientFrame::Typing { room, active } => self.on_typing(&room, active),
             ClientFrame::Draft { room, text } => self.on_draft(&room, &text),
-            ClientFrame::Ping => Ok(send_text(&mut self.socket, protocol::pong_frame().into()).await?),
+            ClientFrame::Ping => {
+                Ok(send_text(&mut self.socket, protocol::pong_frame().into()).await?)
+            }
             ClientFrame::Hello(_) => Err(Reply::Error(ClientError::bad_request(
                 "already said hello; reconnect to change nick",
             ))),
@@ -306,9 +311,7 @@ impl Connection {
 
 fn ack_or_error(client_offset: Option<&str>, outcome: Result<Appended, StoreError>) -> String {
     match outcome {
-        Ok(Appended { id, ts, duplicate }) => {
-            protocol::ack_frame(client_offset, id, ts, duplicate)
-        }
+        Ok(Appended { id, ts, duplicate }) => protocol::ack_frame(client_offset, id, ts, duplicate),
         Err(e) => protocol::error_frame(&internal(e), client_offset),
     }
 }

@@ -201,9 +201,7 @@ impl Connection {
                 members,
                 frame,
             }) => Ok(presence_frame(room, state, seq, viewers, &members, frame)),
-            Ok(RoomEvent::Typing { nick, frame }) => {
-                Ok((*nick != *self.nick).then_some(frame))
-            }
+            Ok(RoomEvent::Typing { nick, frame }) => Ok((*nick != *self.nick).then_some(frame)),
             Err(BroadcastStreamRecvError::Lagged(missed)) => {
                 // The channel dropped events this connection had not read:
                 // reload the messages from the store, where they are

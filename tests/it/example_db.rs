@@ -64,6 +64,8 @@ async fn regenerate_chat_db_example() {
     }
     drop(store);
     // Joining closes the last connection, which folds the WAL into the file.
-    tokio::task::spawn_blocking(move || writer.join()).await.unwrap();
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
     assert!(!path.with_extension("example-wal").exists());
 }

@@ -180,7 +180,9 @@ fn read_listening_line(stdout: impl Read + Send + 'static) -> String {
         // Keep draining so the server never blocks on a full pipe.
         for _ in lines {}
     });
-    let line = rx.recv_timeout(WAIT).expect("server printed no listening line");
+    let line = rx
+        .recv_timeout(WAIT)
+        .expect("server printed no listening line");
     line.strip_prefix("listening on http://")
         .unwrap_or_else(|| panic!("unexpected first stdout line: {line:?}"))
         .to_string()
@@ -264,7 +266,9 @@ impl Client {
     pub async fn next_event(&mut self, within: Duration) -> Option<Event> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let message = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            let message = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
             match message {
                 Some(Ok(Message::Text(text))) => {
                     let value: Value = serde_json::from_str(&text).expect("server sent JSON");

@@ -115,7 +115,10 @@ async fn upgrade_with_origin(server: &Server, origin: &str) -> Result<(), u16> {
 async fn foreign_origin_is_refused_with_403() {
     let server = Server::start(&[]);
 
-    assert_eq!(upgrade_with_origin(&server, "https://evil.example").await, Err(403));
+    assert_eq!(
+        upgrade_with_origin(&server, "https://evil.example").await,
+        Err(403)
+    );
     assert_eq!(upgrade_with_origin(&server, "null").await, Err(403));
 }
 
@@ -131,8 +134,14 @@ async fn same_host_origin_is_accepted() {
 async fn allowed_origin_is_accepted() {
     let server = Server::start(&["--allowed-origin", "https://chat.example.org"]);
 
-    assert_eq!(upgrade_with_origin(&server, "https://chat.example.org").await, Ok(()));
-    assert_eq!(upgrade_with_origin(&server, "https://other.example.org").await, Err(403));
+    assert_eq!(
+        upgrade_with_origin(&server, "https://chat.example.org").await,
+        Ok(())
+    );
+    assert_eq!(
+        upgrade_with_origin(&server, "https://other.example.org").await,
+        Err(403)
+    );
 }
 
 #[tokio::test]
@@ -148,12 +157,27 @@ async fn page_and_assets_are_served_from_the_binary() {
 
     let page = reqwest::get(server.http("/")).await.unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     assert!(page.text().await.unwrap().contains("app.js"));
-    for (path, kind) in [("/app.js", "text/javascript"), ("/style.css", "text/css"), ("/favicon.svg", "image/svg+xml")] {
+    for (path, kind) in [
+        ("/app.js", "text/javascript"),
+        ("/style.css", "text/css"),
+        ("/favicon.svg", "image/svg+xml"),
+    ] {
         let asset = reqwest::get(server.http(path)).await.unwrap();
         assert_eq!(asset.status(), 200, "{path}");
-        assert!(asset.headers()["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+        assert!(
+            asset.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(kind),
+            "{path}"
+        );
     }
 }
 
