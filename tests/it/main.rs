@@ -2,11 +2,16 @@
 
 mod helpers;
 
+mod api;
+mod backup;
 mod cli;
-mod example_db;
+mod drafts;
 mod errors;
+mod example_db;
 mod handshake;
 mod history;
 mod messages;
+mod metrics;
+mod presence;
 mod replay;
 mod transport;
