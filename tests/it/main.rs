@@ -4,9 +4,11 @@ mod helpers;
 
 mod cli;
 mod example_db;
+mod faults;
 mod errors;
 mod handshake;
 mod history;
+mod limits;
 mod messages;
 mod replay;
 mod transport;
