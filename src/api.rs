@@ -183,6 +183,7 @@ async fn post(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| {
@@ -229,7 +230,8 @@ async fn post(
         }
     };
     let per_10s = app.config.sends_per_10s;
-    if !app.post_limits.allow(peer.ip(), per_10s) {
+    let ip = crate::admission::client_ip(peer, &headers, &app.config.trusted_proxies);
+    if !app.post_limits.allow(ip, per_10s) {
         return Err(ClientError::new(
             ErrorCode::RateLimited,
             format!("at most {per_10s} messages per 10 s"),

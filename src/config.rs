@@ -27,6 +27,15 @@ pub const DEFAULT_PING_INTERVAL_MS: u64 = 20_000;
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Time a new connection has to send a valid `hello`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Open WebSockets in total: thousands fit in little memory, but every one is
+/// a file descriptor; the limit keeps a flood from exhausting them.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Open WebSockets per client address: a household or office behind one NAT
+/// with many tabs stays well under it, one script opening sockets in a loop
+/// does not.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
+/// Upper bound for the database size when none is given: effectively none.
+pub const DEFAULT_MAX_DB_MB: u64 = 0;
 
 /// natter: a real-time chat server in one binary, with its messages in SQLite.
 #[derive(Debug, Parser)]
@@ -120,6 +129,34 @@ pub struct ServeConfig {
     #[arg(long, env = "NATTER_HANDSHAKE_TIMEOUT_MS", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_MS,
           value_parser = clap::value_parser!(u64).range(10..), value_name = "N")]
     pub handshake_timeout_ms: u64,
+
+    /// Open WebSocket connections allowed in total (0: no limit).
+    #[arg(long, env = "NATTER_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: usize,
+
+    /// Open WebSocket connections allowed per client IP address (0: no limit).
+    #[arg(long = "max-connections-per-ip", env = "NATTER_MAX_CONNECTIONS_PER_IP",
+          default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP, value_name = "N")]
+    pub max_connections_per_ip: usize,
+
+    /// Reverse proxy whose X-Forwarded-For is believed (IP or CIDR, repeatable).
+    /// The default trusts loopback only: a proxy on the same machine.
+    #[arg(long = "trusted-proxy", env = "NATTER_TRUSTED_PROXIES", value_delimiter = ',',
+          value_name = "ADDR", value_parser = parse_net, default_value = "127.0.0.0/8,::1")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Largest size the database may grow to, in MiB (0: no limit). Sends
+    /// beyond it fail with `internal` until space is freed.
+    #[arg(long, env = "NATTER_MAX_DB_MB", default_value_t = DEFAULT_MAX_DB_MB, value_name = "N")]
+    pub max_db_mb: u64,
+}
+
+/// An address (`10.0.0.1`, `::1`) or a network (`10.0.0.0/8`).
+fn parse_net(value: &str) -> Result<ipnet::IpNet, String> {
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{value}` is not an IP address or network"))
 }
 
 impl ServeConfig {

@@ -11,6 +11,7 @@
 //! - `web`: HTTP routes, the compiled-in page, the Origin check.
 //! - `api`: the HTTP API under `/api` (history, posting).
 //! - `ratelimit`: the per-connection send limit.
+//! - `admission`: the client's address and the connection limits.
 //! - `metrics`: the Prometheus metrics of `/metrics`.
 //! - `shutdown`: SIGINT/SIGTERM.
 //!
@@ -19,6 +20,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod admission;
 pub mod api;
 pub mod config;
 pub mod drafts;
@@ -40,6 +42,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
 use crate::config::ServeConfig;
 use crate::drafts::{DRAFT_FLUSH, Drafts};
 use crate::hub::{Hub, PRESENCE_TICK};
@@ -60,6 +63,8 @@ pub struct Shared {
     pub drafts: Arc<Drafts>,
     /// HTTP post rate limits per client address.
     pub post_limits: api::PostLimits,
+    /// Connection limits, in total and per client address.
+    pub admission: Admission,
     /// Cancelled when the server stops; every connection task watches it.
     pub shutdown: CancellationToken,
     /// Upgraded WebSockets outlive axum's graceful shutdown, so they are
@@ -134,6 +139,7 @@ impl App {
         };
         let (store, writer) = store::open(
             &config.db,
+            config.max_db_mb.saturating_mul(1024 * 1024),
             Box::new(move |message| publisher.publish(message)),
         )
         .map_err(cannot_open)?;
@@ -143,6 +149,7 @@ impl App {
         let state = AppState(Arc::new(Shared {
             drafts: Arc::new(Drafts::load(drafts)),
             post_limits: api::PostLimits::default(),
+            admission: Admission::new(config.max_connections, config.max_connections_per_ip),
             config,
             store,
             hub,

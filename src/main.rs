@@ -67,6 +67,19 @@ fn backup(args: &BackupArgs) -> ExitCode {
 
 async fn serve(config: ServeConfig) -> Result<(), String> {
     let addr = config.addr.clone();
+    // Every WebSocket is a file descriptor; the common soft limit of 1,024
+    // would cap natter far below what it can hold.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if (config.max_connections as u64).saturating_add(256) > limit => {
+            tracing::warn!(
+                limit,
+                max_connections = config.max_connections,
+                "the open-file limit is below --max-connections; raise it (LimitNOFILE=) or lower --max-connections"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot raise the open-file limit"),
+    }
     let app = App::open(config)?;
     let listener = TcpListener::bind(&addr)
         .await

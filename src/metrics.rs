@@ -65,6 +65,9 @@ fn describe() {
     metrics::counter!(DUPLICATE_SENDS).absolute(0);
     metrics::counter!(REPLAYED).absolute(0);
     metrics::counter!(DRAFT_WRITES).absolute(0);
+    // A histogram appears once it has a sample; a server that has not
+    // written yet still shows an empty one.
+    let _ = metrics::histogram!(COMMIT_SECONDS);
 }
 
 /// The Prometheus text exposition of every metric.

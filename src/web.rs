@@ -1,8 +1,10 @@
 //! HTTP routes: the page and its assets (compiled in), the WebSocket upgrade with its Origin check, health, 404s.
 
 use axum::Router;
-use axum::extract::State;
+use std::net::SocketAddr;
+
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -10,6 +12,7 @@ use serde_json::json;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::AppState;
+use crate::admission::{Refusal, client_ip};
 
 /// The page, compiled into the binary so that it alone serves everything.
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -44,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::api::router(state.clone()))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -79,6 +83,7 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 async fn upgrade(
     State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -86,13 +91,41 @@ async fn upgrade(
         tracing::info!(reason, "refused a WebSocket upgrade");
         return (StatusCode::FORBIDDEN, reason).into_response();
     }
+    let ip = client_ip(peer, &headers, &app.config.trusted_proxies);
+    let permit = match app.admission.try_admit(ip) {
+        Ok(permit) => permit,
+        Err(Refusal::ServerFull) => {
+            tracing::warn!(
+                limit = app.config.max_connections,
+                "connection refused: server full"
+            );
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the server has as many connections as it allows; try again later",
+            );
+        }
+        Err(Refusal::TooManyFromAddress) => {
+            tracing::info!(%ip, "connection refused: too many from this address");
+            return error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many open connections from your address",
+            );
+        }
+    };
     let max = app.config.max_frame_bytes;
     let tracker = app.tracker.clone();
     ws.read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
         .max_frame_size(max)
         .max_message_size(max)
-        .on_upgrade(move |socket| tracker.track_future(crate::ws::serve(socket, app)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                crate::ws::serve(socket, app).await;
+                drop(permit);
+            })
+        })
 }
 
 /// Cross-site WebSocket hijacking defence: a browser always sends Origin, so
@@ -156,8 +189,10 @@ pub fn bearer_matches(headers: &HeaderMap, token: Option<&str>) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.split_once(' '))
+        // The scheme name is case-insensitive (RFC 9110 section 11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim());
     crate::ws::token_matches(Some(token), Some(given))
 }
 
@@ -165,6 +200,14 @@ pub fn bearer_matches(headers: &HeaderMap, token: Option<&str>) -> bool {
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     let body = json!({"error": {"code": code, "message": message}});
     (status, axum::Json(body)).into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "bad_request",
+        "this method is not allowed on this path",
+    )
 }
 
 async fn not_found() -> Response {

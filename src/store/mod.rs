@@ -99,10 +99,24 @@ const READ_POOL_SIZE: u32 = 4;
 const BUSY_TIMEOUT_MS: u32 = 5_000;
 
 /// Open (creating if missing) and migrate the database at `path`, start the
-/// writer thread. The error is one human line naming the cause.
-pub fn open(path: &Path, publish: Publish) -> Result<(Store, WriterThread), String> {
+/// writer thread. `max_bytes` (0: none) caps the file size: writes beyond it
+/// fail and are answered `internal`, as on a full disk. The error is one
+/// human line naming the cause.
+pub fn open(
+    path: &Path,
+    max_bytes: u64,
+    publish: Publish,
+) -> Result<(Store, WriterThread), String> {
     let mut conn = open_writer_connection(path)?;
     schema::migrate(&mut conn)?;
+    if max_bytes > 0 {
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .map_err(|e| e.to_string())?;
+        let pages = (max_bytes / page_size.max(512) as u64).max(1);
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .map_err(|e| e.to_string())?;
+    }
     let newest: i64 = conn
         .query_row("SELECT coalesce(max(id), 0) FROM messages", [], |row| {
             row.get(0)

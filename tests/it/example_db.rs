@@ -45,7 +45,7 @@ async fn example_database_opens_with_the_current_schema_and_has_welcome_messages
 async fn regenerate_chat_db_example() {
     let path = example_path();
     let _ = std::fs::remove_file(&path);
-    let (store, writer) = natter::store::open(&path, Box::new(|_| {})).expect("create");
+    let (store, writer) = natter::store::open(&path, 0, Box::new(|_| {})).expect("create");
     for (i, text) in WELCOME.iter().enumerate() {
         let appended = store
             .append(natter::store::NewMessage {

@@ -240,6 +240,14 @@ impl Client {
         }
     }
 
+    /// Wrap a stream opened by hand (custom headers).
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client {
+            ws,
+            stash: Default::default(),
+        }
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.ws
             .send(Message::text(frame.to_string()))
