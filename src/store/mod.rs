@@ -231,25 +231,6 @@ impl Store {
         .unwrap_or(Err(StoreError::Closed))
     }
 
-    /// Up to `limit` messages of `room` with `id > after`, ascending.
-    pub async fn messages_after(
-        &self,
-        room: &str,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<ChatMessage>, StoreError> {
-        let room = room.to_string();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, room, nick, text, ts, client_offset FROM messages
-                 WHERE room = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![room, after, limit], row_to_message)?;
-            rows.collect()
-        })
-        .await
-    }
-
     /// The first `limit` messages of `room` above `after` and below `before`,
     /// ascending, and whether more follow within that range.
     pub async fn messages_between(
@@ -266,12 +247,10 @@ impl Store {
                 "SELECT id, room, nick, text, ts, client_offset FROM messages
                  WHERE room = ?1 AND id > ?2 AND id < ?3 ORDER BY id LIMIT ?4",
             )?;
-            let mut messages = stmt
+            let messages = stmt
                 .query_map(params![room, after, before, limit + 1], row_to_message)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            let has_more = messages.len() as i64 > limit;
-            messages.truncate(limit as usize);
-            Ok((messages, has_more))
+            Ok(split_extra(messages, limit))
         })
         .await
     }
@@ -303,17 +282,23 @@ impl Store {
                 "SELECT id, room, nick, text, ts, client_offset FROM messages
                  WHERE room = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
             )?;
-            // One extra row tells whether there is more, without a COUNT.
-            let mut messages = stmt
+            let newest_first = stmt
                 .query_map(params![room, before, limit + 1], row_to_message)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            let has_more = messages.len() as i64 > limit;
-            messages.truncate(limit as usize);
+            let (mut messages, has_more) = split_extra(newest_first, limit);
             messages.reverse();
             Ok((messages, has_more))
         })
         .await
     }
+}
+
+/// Queries fetch one row more than asked: its presence says whether there is
+/// more, without a COUNT.
+fn split_extra(mut messages: Vec<ChatMessage>, limit: i64) -> (Vec<ChatMessage>, bool) {
+    let has_more = messages.len() as i64 > limit;
+    messages.truncate(limit as usize);
+    (messages, has_more)
 }
 
 fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChatMessage> {

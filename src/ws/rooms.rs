@@ -119,10 +119,10 @@ impl Connection {
     /// until the store has nothing newer.
     async fn replay_after(&mut self, room: &str, mut after: i64) -> Result<(), End> {
         loop {
-            let page = self
+            let (page, _) = self
                 .app
                 .store
-                .messages_after(room, after, REPLAY_PAGE)
+                .messages_between(room, after, None, REPLAY_PAGE)
                 .await
                 .map_err(store_failed)?;
             let Some(last) = page.last() else { break };
