@@ -3,8 +3,9 @@
  *
  * This file owns everything the page at "/" does: the nick and access-token
  * prompts, the room sidebar, message rendering, the outbox of unacknowledged
- * sends (persisted in localStorage), history paging, and the WebSocket
- * connection speaking natter wire protocol v1 (PROTOCOL.md).
+ * sends (persisted in localStorage), history paging, presence (who is in a
+ * room), typing indicators, server-side drafts, and the WebSocket connection
+ * speaking natter wire protocol v1 (PROTOCOL.md).
  *
  * Rule for the whole file: data from the server or the user reaches the DOM
  * only as text (textContent / text nodes, see el()), never as parsed HTML.
@@ -31,6 +32,16 @@
   const HISTORY_ERROR_PAUSE_MS = 5000;
   const TOAST_MS = 8000;
   const MAX_KNOWN_ROOMS = 500;
+  const TYPING_RENEW_MS = 2000;         // while typing, "typing: true" goes out at most this often
+  const TYPING_IDLE_MS = 3000;          // no keystroke for this long ends our typing state
+  const TYPING_EXPIRE_MS = 6000;        // someone else's typing state without renewal is dropped
+  const DRAFT_DEBOUNCE_MS = 300;        // a draft goes out this long after the last keystroke...
+  const DRAFT_MAX_WAIT_MS = 1000;       // ...or at least this often during continuous typing
+  const SUMMARY_NAMES = 3;              // names spelled out in the header's member summary
+  const MEMBER_LIST_MAX = 500;          // the member panel lists at most this many
+  // Refs on best-effort frames: their errors (not_joined right after a leave, say) stay silent.
+  const TYPING_REF = 'typing';
+  const DRAFT_REF = 'draft';
   // Errors on a send that mean "not stored, try again with the same clientOffset".
   const RETRY_CODES = new Set(['internal', 'rate_limited']);
 
@@ -148,6 +159,15 @@
 
     historySeq: 0,
     historyRefs: new Map(), // ref -> room name
+
+    // Typing and drafts (what we send; what others send lives on each Room)
+    typingOut: { room: null, active: false, lastSentAt: 0, idleTimer: 0 },
+    draftRoom: null,       // the Room whose draft is waiting for its debounce
+    draftTimer: 0,
+    draftSince: 0,         // first keystroke not yet sent as a draft
+    draftNick: null,       // the nick the local draft state belongs to
+    skew: null,            // estimate of (server clock - our clock), in ms, from this connection
+    memberPanelOpen: false,
   };
 
   // ===========================================================================
@@ -174,6 +194,14 @@
     roomTitle: $('room-title'),
     roomMeta: $('room-meta'),
     presenceLine: $('presence-line'),
+    presenceToggle: $('presence-toggle'),
+    viewerCount: $('viewer-count'),
+    memberSummary: $('member-summary'),
+    memberPanel: $('member-panel'),
+    memberPanelTitle: $('member-panel-title'),
+    memberPanelSub: $('member-panel-sub'),
+    memberPanelClose: $('member-panel-close'),
+    memberList: $('member-list'),
     typingLine: $('typing-line'),
     connGroup: $('conn-group'),
     status: $('conn-status'),
@@ -294,10 +322,12 @@
 
     const badge = el('span', { class: 'badge', hidden: true });
     const badgeSr = el('span', { class: 'sr-only' });
+    const viewersEl = el('span', { class: 'room-viewers', 'data-testid': 'room-viewers', 'aria-hidden': 'true', hidden: true });
+    const viewersSr = el('span', { class: 'sr-only' });
     const navBtn = el('button', { type: 'button', class: 'room-btn', 'data-room': name, 'aria-current': 'false' },
       el('span', { class: 'room-hash', 'aria-hidden': 'true' }, '#'),
       el('span', { class: 'room-name' }, name),
-      badge, badgeSr);
+      viewersEl, badge, badgeSr, viewersSr);
     const leaveBtn = el('button', {
       type: 'button', class: 'room-leave', 'data-leave-room': name,
       'aria-label': `Leave #${name}`, title: `Leave #${name}`,
@@ -305,7 +335,7 @@
     const navItem = el('li', { class: 'room-item' }, navBtn, leaveBtn);
 
     const room = {
-      name, log, top, list, navItem, navBtn, badge, badgeSr,
+      name, log, top, list, navItem, navBtn, badge, badgeSr, viewersEl, viewersSr,
       records: [],            // confirmed messages, ascending id: {id, nick, ts, text, clientOffset, el}
       ids: new Set(),         // defensive dedupe
       pending: new Map(),     // clientOffset -> {rec, el, status}; always rendered after the confirmed ones
@@ -321,8 +351,12 @@
       newBelow: false,
       unread: 0,
       floor: 0,
-      presenceText: '',       // filled by presence frames (later protocol milestone)
-      typingText: '',         // filled by typing frames (later protocol milestone)
+      presence: null,         // {viewers, members: Map nick -> connections (null: unknown), stale}
+      typers: new Map(),      // nick -> expiry timer, in the order they started typing
+      draftText: '',          // the composer text while another room is on screen
+      draftKnown: '',         // the draft the server holds, as far as we know
+      draftDirty: false,      // local edits the server has not got yet
+      draftEditAt: 0,         // our clock, last local edit
     };
 
     navBtn.addEventListener('click', () => {
@@ -364,14 +398,26 @@
     const next = state.rooms.get(name);
     if (!next) return;
     const prev = currentRoom();
+    if (prev !== next) {
+      // The composer belongs to the room on screen: park its text, bring the other one's back.
+      if (prev) {
+        prev.draftText = dom.input.value;
+        if (state.draftRoom === prev) flushDraft();
+      }
+      stopTyping();
+      closeMemberPanel();
+      quietTypingLine();
+    }
     if (prev && prev !== next) {
       prev.savedTop = prev.log.scrollTop;
       prev.log.hidden = true;
       prev.log.removeAttribute('id');
       prev.log.removeAttribute('data-testid');
     }
+    const arriving = prev !== next;
     state.current = name;
     store.set(KEY.current, name);
+    if (arriving) setInputText(next.draftText);
     next.log.hidden = false;
     next.log.id = 'message-list';
     next.log.setAttribute('data-testid', 'message-list');
@@ -416,6 +462,8 @@
   function leaveRoom(name) {
     const room = state.rooms.get(name);
     if (!room) return;
+    // What was typed stays on the server as the room's draft, for a later join.
+    if (state.draftRoom === room) flushDraft();
     if (state.welcomed) sendFrame({ type: 'leave', room: name });
     const hadFocus = room.navItem.contains(document.activeElement);
     removeRoom(room);
@@ -438,8 +486,14 @@
     room.navItem.remove();
     state.rooms.delete(name);
     if (idx >= 0) state.roomOrder.splice(idx, 1);
+    clearTypers(room);
+    // The server ends our typing state in a room we leave.
+    if (state.typingOut.room === name) resetTypingOut();
+    if (state.draftRoom === room) cancelDraftTimer();
     if (state.current === name) {
       state.current = null;
+      closeMemberPanel();
+      setInputText('');
       const fallback = state.roomOrder[Math.min(idx, state.roomOrder.length - 1)];
       if (fallback) switchRoom(fallback);
       else store.remove(KEY.current);
@@ -464,6 +518,11 @@
       room.badge.setAttribute('aria-hidden', 'true');
       room.badgeSr.textContent = unread ? `, ${unread} unread` : '';
       room.navBtn.classList.toggle('has-unread', unread > 0);
+      const viewers = room.presence ? room.presence.viewers : null;
+      room.viewersEl.hidden = viewers == null;
+      room.viewersEl.classList.toggle('stale', !!(room.presence && room.presence.stale));
+      room.viewersEl.textContent = viewers == null ? '' : String(viewers);
+      room.viewersSr.textContent = viewers == null ? '' : `, ${viewers} viewing`;
     }
     dom.roomsEmpty.hidden = state.rooms.size > 0;
     dom.noRoom.hidden = state.rooms.size > 0;
@@ -475,9 +534,9 @@
   function renderRoomHeader() {
     const room = currentRoom();
     dom.roomTitle.textContent = room ? `#${room.name}` : 'natter';
-    dom.presenceLine.textContent = room ? room.presenceText : '';
-    dom.typingLine.textContent = room ? room.typingText : '';
-    dom.roomMeta.hidden = !(room && (room.presenceText || room.typingText));
+    dom.roomMeta.hidden = !room;
+    renderPresence();
+    renderTyping();
     dom.leaveBtn.hidden = !room;
     if (room) dom.leaveBtn.setAttribute('aria-label', `Leave #${room.name}`);
   }
@@ -839,6 +898,13 @@
     renderLogTop(room);
     dom.input.value = '';
     updateComposer();
+    // The server clears the draft when the message arrives (and tells our other tabs).
+    if (state.draftRoom === room) cancelDraftTimer();
+    room.draftText = '';
+    room.draftKnown = '';
+    room.draftDirty = false;
+    room.draftEditAt = Date.now();
+    stopTyping();
     flushOutbox();
     renderStatus();
   }
@@ -925,13 +991,21 @@
     state.welcomed = false;
     state.helloSynced = false;
     state.historyRefs.clear();
+    // Typing states ride on this socket: the server ends ours, theirs would never end.
+    resetTypingOut();
+    state.skew = null;
     for (const room of state.rooms.values()) {
       room.synced = false;
       room.joined = false;
       room.historyRef = null;
       renderLogTop(room);
+      clearTypers(room);
+      // Kept on screen, dimmed, until the next connection restates it.
+      if (room.presence) room.presence.stale = true;
     }
     for (const entry of state.outbox) setPendingStatus(entry, 'waiting for connection…');
+    renderPresence();
+    renderTyping();
   }
 
   function scheduleReconnect() {
@@ -1042,6 +1116,295 @@
   }
 
   // ===========================================================================
+  // 11b. Presence, typing and drafts (PROTOCOL.md sections 6 and 7)
+  // ===========================================================================
+
+  const ownNick = () => state.serverNick || state.nick;
+
+  function roomOf(f) {
+    return typeof f.room === 'string' ? state.rooms.get(f.room) || null : null;
+  }
+
+  /** Tabs per member as far as known; a member with an unknown count counts as one. */
+  function countedViewers(p) {
+    let n = 0;
+    for (const c of p.members.values()) n += c == null ? 1 : c;
+    return n;
+  }
+
+  function byNick(a, b) {
+    return a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0;
+  }
+
+  /** "2 tabs", "away" (in the grace period after its last tab went) or nothing. */
+  function memberNote(connections) {
+    if (connections === 0) return 'away';
+    if (connections != null && connections > 1) return `${connections} tabs`;
+    return '';
+  }
+
+  /** "bob (2 tabs), carol and you" or "bob, carol, dave and 5 more". */
+  function memberSummary(p) {
+    const me = ownNick();
+    const others = [...p.members.entries()].filter(([nick]) => nick !== me).sort(byNick);
+    const withMe = p.members.has(me);
+    if (!others.length) {
+      if (!withMe) return 'nobody';
+      const note = memberNote(p.members.get(me));
+      return note && note !== 'away' ? `just you (${note})` : 'just you';
+    }
+    const labels = others.slice(0, SUMMARY_NAMES).map(([nick, c]) => {
+      const note = memberNote(c);
+      return note ? `${nick} (${note})` : nick;
+    });
+    const more = others.length - labels.length + (withMe ? 1 : 0);
+    if (others.length > labels.length) return `${labels.join(', ')} and ${more} more`;
+    if (withMe) return `${labels.join(', ')} and you`;
+    if (labels.length === 1) return labels[0];
+    return `${labels.slice(0, -1).join(', ')} and ${labels[labels.length - 1]}`;
+  }
+
+  function presenceChanged(room) {
+    renderSidebar();
+    if (room.name === state.current) renderPresence();
+  }
+
+  /** Header presence line and the member panel's list (kept current while closed), for the room on screen. */
+  function renderPresence() {
+    const room = currentRoom();
+    const p = room ? room.presence : null;
+    dom.presenceLine.hidden = !p;
+    if (!p) {
+      dom.viewerCount.textContent = '';
+      delete dom.viewerCount.dataset.count;
+      dom.memberSummary.textContent = '';
+      dom.memberList.replaceChildren();
+      dom.memberList.dataset.count = '0';
+      closeMemberPanel();
+      return;
+    }
+    const people = p.members.size;
+    const peopleText = `${people} ${people === 1 ? 'person' : 'people'}`;
+    const summary = memberSummary(p);
+    dom.presenceLine.dataset.stale = p.stale ? 'true' : 'false';
+    dom.viewerCount.textContent = `${p.viewers} viewing`;
+    dom.viewerCount.dataset.count = String(p.viewers);
+    dom.memberSummary.textContent = summary;
+    dom.presenceToggle.title = `${peopleText}, ${p.viewers} open ${p.viewers === 1 ? 'tab' : 'tabs'}${p.stale ? ' (reconnecting)' : ''}`;
+    dom.presenceToggle.setAttribute('aria-label',
+      `${p.viewers} viewing #${room.name}: ${summary}.${p.stale ? ' Reconnecting.' : ''} Show everyone here`);
+
+    dom.memberPanelTitle.textContent = `People in #${room.name}`;
+    dom.memberPanelSub.textContent = `${peopleText} · ${p.viewers} viewing`;
+    const me = ownNick();
+    const sorted = [...p.members.entries()].sort(byNick);
+    const items = sorted.slice(0, MEMBER_LIST_MAX).map(([nick, c]) => {
+      const avatar = el('span', { class: 'avatar avatar-xs', 'aria-hidden': 'true' });
+      paintAvatar(avatar, nick);
+      const note = memberNote(c);
+      return el('li', {
+        class: c === 0 ? 'member away' : 'member',
+        'data-testid': 'member',
+        'data-nick': nick,
+        'data-connections': c == null ? null : String(c),
+        'data-self': nick === me ? 'true' : null,
+      },
+      avatar,
+      el('span', { class: 'member-nick' }, nick),
+      nick === me ? el('span', { class: 'you-tag' }, 'you') : null,
+      note ? el('span', { class: 'member-note' }, el('span', { class: 'sr-only' }, ', '), note) : null);
+    });
+    if (sorted.length > MEMBER_LIST_MAX) {
+      items.push(el('li', { class: 'member-more' }, `and ${sorted.length - MEMBER_LIST_MAX} more`));
+    }
+    dom.memberList.replaceChildren(...items);
+    dom.memberList.dataset.count = String(people);
+  }
+
+  function openMemberPanel() {
+    if (!currentRoom() || !currentRoom().presence) return;
+    state.memberPanelOpen = true;
+    dom.memberPanel.hidden = false;
+    dom.presenceToggle.setAttribute('aria-expanded', 'true');
+  }
+
+  function closeMemberPanel({ focus = false } = {}) {
+    if (!state.memberPanelOpen) return;
+    state.memberPanelOpen = false;
+    dom.memberPanel.hidden = true;
+    dom.presenceToggle.setAttribute('aria-expanded', 'false');
+    if (focus) dom.presenceToggle.focus();
+  }
+
+  // --- Typing: theirs ---
+
+  function typingText(room) {
+    const nicks = [...room.typers.keys()];
+    if (nicks.length === 0) return '';
+    if (nicks.length === 1) return `${nicks[0]} is typing…`;
+    if (nicks.length === 2) return `${nicks[0]} and ${nicks[1]} are typing…`;
+    return `${nicks.length} people are typing…`;
+  }
+
+  function renderTyping() {
+    const room = currentRoom();
+    const text = room ? typingText(room) : '';
+    // Unchanged text is not touched, so renewals are not announced again.
+    if (dom.typingLine.textContent !== text) dom.typingLine.textContent = text;
+    dom.typingLine.dataset.count = String(room ? room.typers.size : 0);
+    dom.roomMeta.dataset.typing = text ? 'true' : 'false';
+  }
+
+  let typingQuietTimer = 0;
+  /** Switching rooms replaces the typing line; that is not news worth announcing. */
+  function quietTypingLine() {
+    dom.typingLine.setAttribute('aria-live', 'off');
+    clearTimeout(typingQuietTimer);
+    typingQuietTimer = setTimeout(() => dom.typingLine.setAttribute('aria-live', 'polite'), 300);
+  }
+
+  function setTyper(room, nick, active) {
+    const old = room.typers.get(nick);
+    if (old === undefined && !active) return;
+    clearTimeout(old);
+    if (active) {
+      // Map.set keeps a renewed nick in its place, so the line does not reshuffle.
+      const timer = setTimeout(() => {
+        if (room.typers.get(nick) !== timer) return;
+        room.typers.delete(nick);
+        if (room.name === state.current) renderTyping();
+      }, TYPING_EXPIRE_MS);
+      room.typers.set(nick, timer);
+    } else {
+      room.typers.delete(nick);
+    }
+    if (room.name === state.current) renderTyping();
+  }
+
+  function clearTypers(room) {
+    for (const timer of room.typers.values()) clearTimeout(timer);
+    room.typers.clear();
+  }
+
+  // --- Typing: ours ---
+
+  /** After a keystroke in the composer of `room`. */
+  function noteTyping(room) {
+    const out = state.typingOut;
+    if (BLANK_RE.test(dom.input.value)) {
+      stopTyping();
+      return;
+    }
+    if (out.active && out.room !== room.name) stopTyping();
+    const now = Date.now();
+    if ((!out.active || now - out.lastSentAt >= TYPING_RENEW_MS) && room.joined &&
+        sendFrame({ type: 'typing', room: room.name, active: true, ref: TYPING_REF })) {
+      out.active = true;
+      out.room = room.name;
+      out.lastSentAt = now;
+    }
+    clearTimeout(out.idleTimer);
+    out.idleTimer = setTimeout(stopTyping, TYPING_IDLE_MS);
+  }
+
+  /** Ends our typing state: input emptied, message sent, room switched, or idle. */
+  function stopTyping() {
+    const out = state.typingOut;
+    if (out.active && out.room && state.rooms.has(out.room)) {
+      sendFrame({ type: 'typing', room: out.room, active: false, ref: TYPING_REF });
+    }
+    resetTypingOut();
+  }
+
+  function resetTypingOut() {
+    const out = state.typingOut;
+    clearTimeout(out.idleTimer);
+    out.idleTimer = 0;
+    out.active = false;
+    out.room = null;
+    out.lastSentAt = 0;
+  }
+
+  // --- Drafts ---
+
+  /** Our clock is compared with the server's updatedAt; estimate how far apart they are. */
+  function noteServerTime(serverTs) {
+    // serverTs happened before we received it, so this never overestimates.
+    const sample = serverTs - Date.now();
+    state.skew = state.skew == null ? sample : Math.max(state.skew, sample);
+  }
+
+  function composerTextOf(room) {
+    return room.name === state.current ? dom.input.value : room.draftText;
+  }
+
+  /** Puts text in the composer with the caret at the end (no input event: nothing is re-sent). */
+  function setInputText(text) {
+    dom.input.value = text || '';
+    const end = dom.input.value.length;
+    try { dom.input.setSelectionRange(end, end); } catch { /* not focusable right now */ }
+    updateComposer();
+  }
+
+  function setComposerTextOf(room, text) {
+    if (room.name === state.current) setInputText(text);
+    else room.draftText = text;
+  }
+
+  /** After a keystroke: the draft goes out 300 ms after the last one, and at least every second. */
+  function scheduleDraft(room) {
+    const now = Date.now();
+    room.draftDirty = true;
+    room.draftEditAt = now;
+    if (state.draftRoom && state.draftRoom !== room) flushDraft();
+    state.draftRoom = room;
+    if (!state.draftSince) state.draftSince = now;
+    clearTimeout(state.draftTimer);
+    const wait = Math.max(0, Math.min(DRAFT_DEBOUNCE_MS, state.draftSince + DRAFT_MAX_WAIT_MS - now));
+    state.draftTimer = setTimeout(flushDraft, wait);
+  }
+
+  function cancelDraftTimer() {
+    clearTimeout(state.draftTimer);
+    state.draftTimer = 0;
+    state.draftSince = 0;
+    state.draftRoom = null;
+  }
+
+  /** Sends the waiting draft now. */
+  function flushDraft() {
+    const room = state.draftRoom;
+    cancelDraftTimer();
+    if (room) pushDraft(room);
+  }
+
+  /** Tells the server the room's composer text, if it changed. Unsendable: stays dirty, retried on sync. */
+  function pushDraft(room) {
+    if (!room.draftDirty || state.rooms.get(room.name) !== room) return;
+    const text = composerTextOf(room);
+    if (text === room.draftKnown) {
+      room.draftDirty = false;
+      return;
+    }
+    // Over the limit the server answers too_long; the composer already shows the count in red.
+    if (charCount(text) > state.limits.maxTextChars) return;
+    // Before synced, the stored draft may still be on its way and would look newer.
+    if (!room.joined || !room.synced) return;
+    if (!sendFrame({ type: 'draft', room: room.name, text, ref: DRAFT_REF })) return;
+    room.draftKnown = text;
+    room.draftDirty = false;
+  }
+
+  function onComposerInput() {
+    updateComposer();
+    const room = currentRoom();
+    if (!room) return;
+    noteTyping(room);
+    scheduleDraft(room);
+    if (dom.input.value === '') flushDraft(); // cleared: say so at once
+  }
+
+  // ===========================================================================
   // 12. Server frames: one handler per frame type; unknown types are ignored
   // ===========================================================================
 
@@ -1052,6 +1415,16 @@
       clearTimeout(state.welcomeTimer);
       state.sessionId = typeof f.sessionId === 'string' ? f.sessionId : null;
       if (typeof f.nick === 'string') state.serverNick = f.nick;
+      // Drafts are kept per nick: after a nick change, nothing we knew applies, and
+      // whatever is in the composers becomes the new nick's drafts.
+      const nick = state.serverNick || state.nick;
+      if (state.draftNick != null && state.draftNick !== nick) {
+        for (const room of state.rooms.values()) {
+          room.draftKnown = '';
+          room.draftDirty = composerTextOf(room) !== '';
+        }
+      }
+      state.draftNick = nick;
       const limits = f.limits && typeof f.limits === 'object' ? f.limits : {};
       for (const key of ['maxTextChars', 'maxFrameBytes', 'sendsPer10s']) {
         if (Number.isSafeInteger(limits[key]) && limits[key] >= 0) state.limits[key] = limits[key];
@@ -1094,6 +1467,7 @@
         if (f.clientOffset) dropFromOutbox(f.clientOffset);
         return;
       }
+      setTyper(room, f.nick, false); // their message is what they were typing
       const own = isOwn(f.nick, f.clientOffset);
       const li = insertConfirmed(room, f);
       if (f.clientOffset) dropFromOutbox(f.clientOffset);
@@ -1112,6 +1486,7 @@
 
     ack(f) {
       if (typeof f.clientOffset !== 'string') return;
+      if (Number.isFinite(f.ts)) noteServerTime(f.ts);
       const entry = dropFromOutbox(f.clientOffset);
       if (!entry || !Number.isSafeInteger(f.id)) return;
       const room = state.rooms.get(entry.room);
@@ -1125,16 +1500,20 @@
     synced(f) {
       if (Number.isSafeInteger(f.serverOffset)) bumpServerOffset(f.serverOffset);
       const names = Array.isArray(f.rooms) ? f.rooms : [];
+      const synced = [];
       for (const name of names) {
         const room = state.rooms.get(name);
         if (!room) continue;
         room.synced = true;
+        synced.push(room);
         renderLogTop(room);
       }
       if (!state.helloSynced) {
         state.helloSynced = true;
         flushOutbox();
       }
+      // Text typed while away goes out now: after the queued sends, which clear drafts.
+      for (const room of synced) pushDraft(room);
       maybeFillHistory(currentRoom());
     },
 
@@ -1173,10 +1552,99 @@
 
     pong() { /* liveness only: lastFrameAt was updated on receipt */ },
 
+    /** Full presence state of a room: on join, after a reconnect, after lag. */
+    presence(f) {
+      const room = roomOf(f);
+      if (!room || !Array.isArray(f.members)) return;
+      const members = new Map();
+      for (const m of f.members) {
+        if (!m || typeof m.nick !== 'string') continue;
+        members.set(m.nick, Number.isSafeInteger(m.connections) && m.connections >= 0 ? m.connections : null);
+      }
+      const p = { viewers: 0, members, stale: false };
+      p.viewers = Number.isSafeInteger(f.viewers) && f.viewers >= 0 ? f.viewers : countedViewers(p);
+      room.presence = p;
+      for (const nick of [...room.typers.keys()]) {
+        if (!members.has(nick)) setTyper(room, nick, false);
+      }
+      presenceChanged(room);
+    },
+
+    /** Changes since the last presence frame; viewers is absolute, joins/leaves are nicks. */
+    presence_diff(f) {
+      const room = roomOf(f);
+      if (!room || !room.presence) return;
+      const p = room.presence;
+      for (const nick of Array.isArray(f.leaves) ? f.leaves : []) {
+        if (typeof nick !== 'string') continue;
+        p.members.delete(nick);
+        setTyper(room, nick, false);
+      }
+      for (const nick of Array.isArray(f.joins) ? f.joins : []) {
+        if (typeof nick === 'string') p.members.set(nick, null); // here, tab count unknown
+      }
+      if (Number.isSafeInteger(f.viewers) && f.viewers >= 0) p.viewers = f.viewers;
+      // Diffs carry no tab counts. Keep ours only while they still add up to the
+      // viewers total; otherwise someone opened or closed a tab and we cannot tell who.
+      if (countedViewers(p) !== p.viewers) {
+        for (const nick of p.members.keys()) p.members.set(nick, null);
+      }
+      presenceChanged(room);
+    },
+
+    typing(f) {
+      const room = roomOf(f);
+      if (!room || typeof f.nick !== 'string' || f.nick === ownNick()) return;
+      setTyper(room, f.nick, f.active === true);
+    },
+
+    /**
+     * Our draft for a room: the stored one on hello/join (before synced), or an
+     * edit from another tab of ours (after synced).
+     */
+    draft(f) {
+      const room = roomOf(f);
+      if (!room || typeof f.text !== 'string') return;
+      const text = f.text;
+      const updatedAt = Number.isFinite(f.updatedAt) ? f.updatedAt : null;
+      const live = room.synced;
+      if (live && updatedAt != null) noteServerTime(updatedAt);
+      // A stored draft while sends to this room are still queued: those sends were
+      // typed from it, and delivering them clears it on the server.
+      if (!live && state.outbox.some((e) => e.room === room.name)) return;
+
+      const prevKnown = room.draftKnown;
+      const local = composerTextOf(room);
+      if (room.draftDirty) {
+        // Edits made here that the server has not seen yet win; they go out next.
+        room.draftKnown = text;
+        return;
+      }
+      if (text === '') {
+        // Sent or cleared elsewhere. Only wipe what we still show of the old draft.
+        room.draftKnown = '';
+        if (local === prevKnown) setComposerTextOf(room, '');
+        else if (local !== '') {
+          room.draftDirty = true;
+          pushDraft(room);
+        }
+        return;
+      }
+      const editingHere = room.name === state.current && document.activeElement === dom.input;
+      if (editingHere && updatedAt != null && room.draftEditAt + (state.skew || 0) > updatedAt) {
+        return; // typed here after that draft was saved: the server already has our newer text
+      }
+      room.draftKnown = text;
+      if (local !== text) setComposerTextOf(room, text);
+    },
+
     error(f) {
       const code = typeof f.code === 'string' ? f.code : 'error';
       const message = typeof f.message === 'string' && f.message ? f.message : code;
       const ref = typeof f.ref === 'string' ? f.ref : null;
+
+      // Typing and drafts are best effort (e.g. not_joined while a join is on its way).
+      if (ref === TYPING_REF || ref === DRAFT_REF) return;
 
       if (code === 'unauthorized') {
         // The server closes the socket next; wait for the user instead of retrying.
@@ -1409,7 +1877,34 @@
       dom.input.focus();
     });
     dom.input.addEventListener('keydown', onComposerKey);
-    dom.input.addEventListener('input', updateComposer);
+    dom.input.addEventListener('input', onComposerInput);
+    // A reload right after typing must not lose the last keystrokes' draft.
+    window.addEventListener('pagehide', (ev) => {
+      flushDraft();
+      stopTyping();
+      // A page kept in the back/forward cache would keep its socket, and so look
+      // present in every room, until the user comes back. Go, and return with it.
+      if (ev.persisted && state.ws) teardownSocket();
+    });
+    window.addEventListener('pageshow', (ev) => {
+      if (ev.persisted) reconnectNow();
+    });
+
+    dom.presenceToggle.addEventListener('click', () => {
+      if (state.memberPanelOpen) closeMemberPanel();
+      else openMemberPanel();
+    });
+    dom.memberPanelClose.addEventListener('click', () => closeMemberPanel({ focus: true }));
+    document.addEventListener('pointerdown', (ev) => {
+      if (state.memberPanelOpen && !dom.memberPanel.contains(ev.target) && !dom.presenceToggle.contains(ev.target)) {
+        closeMemberPanel();
+      }
+    });
+    dom.memberPanel.addEventListener('focusout', (ev) => {
+      // Tabbing away from the panel (not into the toggle) closes it.
+      const to = ev.relatedTarget;
+      if (to && !dom.memberPanel.contains(to) && to !== dom.presenceToggle) closeMemberPanel();
+    });
 
     dom.joinForm.addEventListener('submit', (ev) => {
       ev.preventDefault();
@@ -1465,6 +1960,11 @@
     dom.backdrop.addEventListener('click', closeDrawer);
 
     document.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Escape' && state.memberPanelOpen) {
+        const inside = dom.memberPanel.contains(document.activeElement) || document.activeElement === dom.presenceToggle;
+        closeMemberPanel({ focus: inside });
+        return;
+      }
       if (ev.key === 'Escape' && dom.app.classList.contains('drawer-open')) {
         closeDrawer();
         dom.drawerOpen.focus();
