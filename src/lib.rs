@@ -6,6 +6,7 @@
 //! - `error`: the error codes clients see.
 //! - `store`: SQLite: the single writer thread (group commit) and the read pool.
 //! - `hub`: rooms in memory: live fan-out, presence, typing, draft echoes.
+//! - `presence`: one room's presence: members, grace period, coalesced diffs.
 //! - `drafts`: unsent text per (nick, room), written at most once a second.
 //! - `ws/`: one WebSocket connection: handshake, replay, live loop, requests.
 //! - `web`: HTTP routes, the compiled-in page, the Origin check.
@@ -27,6 +28,7 @@ pub mod drafts;
 pub mod error;
 pub mod hub;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
 pub mod shutdown;

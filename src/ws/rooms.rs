@@ -1,6 +1,5 @@
 //! A connection's rooms: joining (subscribe, replay, presence, draft), live delivery without gaps or duplicates, leaving.
 
-use std::collections::BTreeSet;
 use std::time::Instant;
 
 use axum::extract::ws::{Message, Utf8Bytes};
@@ -10,7 +9,8 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::Connection;
 use super::socket::{CLOSE_INTERNAL, End, send_text, timed};
-use crate::hub::{PresenceView, RoomEvent, diff_from_view};
+use crate::hub::RoomEvent;
+use crate::presence::{self, Change, PresenceView, Snapshot};
 use crate::protocol::{self, ChatMessage};
 use crate::store::StoreError;
 
@@ -56,15 +56,15 @@ impl Connection {
                     typing: None,
                 },
             );
-            Some((joined.view, joined.presence))
+            Some(joined.presence)
         };
         send_text(&mut self.socket, protocol::joined_frame(room).into()).await?;
         match server_offset {
             Some(offset) => self.replay_after(room, offset).await?,
             None => self.send_recent(room).await?,
         }
-        if let Some((view, frame)) = presence {
-            self.send_presence(room, view, frame).await?;
+        if let Some(snapshot) = presence {
+            self.send_presence(room, snapshot).await?;
         }
         if let Some((text, updated_at)) = self.app.drafts.get(&self.nick, room) {
             let frame = protocol::draft_frame(room, &text, updated_at);
@@ -86,17 +86,13 @@ impl Connection {
         true
     }
 
-    async fn send_presence(
-        &mut self,
-        room: &str,
-        view: PresenceView,
-        frame: Utf8Bytes,
-    ) -> Result<(), End> {
+    /// Send a full `presence` and remember what it said (see `RoomState::view`).
+    async fn send_presence(&mut self, room: &str, snapshot: Snapshot) -> Result<(), End> {
         if let Some(state) = self.rooms.get_mut(room) {
-            state.min_seq = view.next_seq;
-            state.view = Some(view);
+            state.min_seq = snapshot.view.next_seq;
+            state.view = Some(snapshot.view);
         }
-        send_text(&mut self.socket, frame).await
+        send_text(&mut self.socket, snapshot.frame(room).into()).await
     }
 
     /// The newest `history_on_join` messages, for a client without an offset.
@@ -198,9 +194,9 @@ impl Connection {
             Ok(RoomEvent::Presence {
                 seq,
                 viewers,
-                members,
+                window,
                 frame,
-            }) => Ok(presence_frame(room, state, seq, viewers, &members, frame)),
+            }) => Ok(presence_frame(room, state, seq, viewers, &window, frame)),
             Ok(RoomEvent::Typing { nick, frame }) => Ok((*nick != *self.nick).then_some(frame)),
             Err(BroadcastStreamRecvError::Lagged(missed)) => {
                 // The channel dropped events this connection had not read:
@@ -209,8 +205,8 @@ impl Connection {
                 tracing::debug!(%room, missed, "receiver lagged; catching up from the store");
                 let after = state.last_id;
                 self.replay_after(room, after).await?;
-                if let Some((view, frame)) = self.app.hub.presence(room) {
-                    self.send_presence(room, view, frame).await?;
+                if let Some(snapshot) = self.app.hub.presence(room) {
+                    self.send_presence(room, snapshot).await?;
                 }
                 Ok(None)
             }
@@ -224,15 +220,17 @@ fn presence_frame(
     state: &mut RoomState,
     seq: u64,
     viewers: usize,
-    members: &BTreeSet<String>,
-    frame: Utf8Bytes,
+    window: &[Change],
+    frame: Option<Utf8Bytes>,
 ) -> Option<Utf8Bytes> {
     if seq < state.min_seq {
         return None;
     }
     match state.view.take() {
-        Some(view) if seq == view.next_seq => diff_from_view(room, &view, viewers, members),
-        _ => Some(frame),
+        Some(view) if seq == view.next_seq => {
+            presence::diff_frame(room, viewers, window, view.seen, view.viewers).map(Into::into)
+        }
+        _ => frame,
     }
 }
 

@@ -367,10 +367,18 @@ async fn a_burst_of_a_thousand_joins_reaches_an_observer_as_a_handful_of_diffs()
         );
         diffs.push(d);
     }
+    let told = started.elapsed();
     diffs.extend(all_within(&mut observer, "presence_diff", QUIET).await);
+    // Coalescing means at most one diff per room per 200 ms tick, however
+    // many joins fall into it. How many ticks the burst spans depends on how
+    // fast this machine accepts 1,000 connections (a debug build on a busy
+    // 2-core box: several seconds; the release build: about one), so the
+    // bound is per tick, plus the ticks that finish the window.
+    let ticks = told.as_millis().div_ceil(200) as usize;
     assert!(
-        diffs.len() <= 15,
-        "{} presence_diff frames for a burst of {BURST} joins (which took {took:?})",
+        diffs.len() <= ticks + 2 && diffs.len() < BURST / 10,
+        "{} presence_diff frames for a burst of {BURST} joins over {ticks} ticks \
+         (joins took {took:?}, the observer knew all of them after {told:?})",
         diffs.len()
     );
     assert_eq!(diffs.last().expect("a diff")["viewers"], BURST + 1);
