@@ -89,7 +89,10 @@ async fn duplicates_use_up_no_ids() {
     alice.say("general", "once", "gap-1").await;
     let next = alice.say("general", "next", "gap-2").await;
 
-    assert_eq!(next["id"].as_i64().unwrap(), first["id"].as_i64().unwrap() + 1);
+    assert_eq!(
+        next["id"].as_i64().unwrap(),
+        first["id"].as_i64().unwrap() + 1
+    );
 }
 
 #[tokio::test]
