@@ -255,6 +255,34 @@ impl Store {
         .await
     }
 
+    /// Up to `limit` messages of any of `rooms` above `after`, in id order
+    /// across the rooms (for a connection catching up on all its rooms at once).
+    pub async fn messages_in_rooms_after(
+        &self,
+        rooms: Vec<String>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read(move |conn| {
+            let placeholders = vec!["?"; rooms.len()].join(",");
+            let sql = format!(
+                "SELECT id, room, nick, text, ts, client_offset FROM messages
+                 WHERE id > ? AND room IN ({placeholders}) ORDER BY id LIMIT ?"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(rooms.len() + 2);
+            values.push(after.into());
+            values.extend(rooms.into_iter().map(rusqlite::types::Value::from));
+            values.push(limit.into());
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), row_to_message)?;
+            rows.collect()
+        })
+        .await
+    }
+
     /// Every room that has messages: `(room, message count, last id)`, by name.
     pub async fn room_stats(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
         self.read(|conn| {

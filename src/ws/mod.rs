@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - `handshake`: waiting for a valid `hello`, the token check.
-//! - `rooms`: join (subscribe, replay, presence, draft), live delivery, leave.
+//! - `rooms`: join (subscribe, replay, presence, draft), leave.
+//! - `live`: live delivery in global id order, catch-up after a lag.
 //! - `socket`: reads, timed writes, close codes.
 //! - this file: the connection task and its requests.
 //!
@@ -12,6 +13,7 @@
 //! shutdown. Nothing here holds a lock across an `.await`.
 
 mod handshake;
+mod live;
 mod rooms;
 mod socket;
 
@@ -120,7 +122,7 @@ impl Connection {
                         Incoming::End(end) => Err(end),
                     }
                 }
-                Some((room, event)) = self.live.next() => self.on_live(room, event).await,
+                Some(event) = self.live.next() => self.on_live(event).await,
                 Some(frame) = self.acks.next() => send_text(&mut self.socket, frame.into()).await,
                 Some(frame) = self.direct.recv() => send_text(&mut self.socket, frame).await,
                 _ = ping.tick() => timed(self.socket.send(Message::Ping(Default::default()))).await,

@@ -1,15 +1,13 @@
-//! A connection's rooms: joining (subscribe, replay, presence, draft), live delivery without gaps or duplicates, leaving.
+//! A connection's rooms: joining (subscribe, replay, presence, draft) without gaps or duplicates, and leaving.
 
 use std::time::Instant;
 
 use axum::extract::ws::{Message, Utf8Bytes};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::Connection;
 use super::socket::{CLOSE_INTERNAL, End, send_text, timed};
-use crate::hub::RoomEvent;
 use crate::presence::{self, Change, PresenceView, Snapshot};
 use crate::protocol::{self, ChatMessage};
 use crate::store::StoreError;
@@ -17,15 +15,13 @@ use crate::store::StoreError;
 /// Rows read per query while replaying: bounds memory per connection no
 /// matter how long the client was away.
 const REPLAY_PAGE: i64 = 500;
-/// Live events written before one flush: a burst costs one syscall, not one
-/// per frame, and one busy socket cannot hog its worker for long.
-const MAX_WRITE_BATCH: usize = 64;
 
 /// This connection's state in one room.
 pub struct RoomState {
-    /// Highest message id of this room written to the socket. Live messages
-    /// at or below it were already replayed and are skipped.
-    last_id: i64,
+    /// Every message of this room up to this id has been written to the
+    /// socket (or predates what the client asked for). Live messages at or
+    /// below it are skipped.
+    pub(super) last_id: i64,
     /// Presence diffs below this `seq` predate the `presence` this connection
     /// was sent and are skipped.
     min_seq: u64,
@@ -87,7 +83,11 @@ impl Connection {
     }
 
     /// Send a full `presence` and remember what it said (see `RoomState::view`).
-    async fn send_presence(&mut self, room: &str, snapshot: Snapshot) -> Result<(), End> {
+    pub(super) async fn send_presence(
+        &mut self,
+        room: &str,
+        snapshot: Snapshot,
+    ) -> Result<(), End> {
         if let Some(state) = self.rooms.get_mut(room) {
             state.min_seq = snapshot.view.next_seq;
             state.view = Some(snapshot.view);
@@ -101,6 +101,7 @@ impl Connection {
         if limit == 0 {
             return Ok(());
         }
+        let newest = self.app.store.newest_id();
         let (messages, _) = self
             .app
             .store
@@ -108,6 +109,9 @@ impl Connection {
             .await
             .map_err(store_failed)?;
         self.write_messages(room, &messages).await?;
+        // Everything of this room up to `newest` was either sent now or is
+        // older than what a client without an offset is owed.
+        self.note_synced(room, newest);
         timed(self.socket.flush()).await
     }
 
@@ -115,16 +119,23 @@ impl Connection {
     /// until the store has nothing newer.
     async fn replay_after(&mut self, room: &str, mut after: i64) -> Result<(), End> {
         loop {
+            let newest = self.app.store.newest_id();
             let (page, _) = self
                 .app
                 .store
                 .messages_between(room, after, None, REPLAY_PAGE)
                 .await
                 .map_err(store_failed)?;
-            let Some(last) = page.last() else { break };
+            let Some(last) = page.last() else {
+                self.note_synced(room, newest);
+                break;
+            };
             after = last.id;
             self.write_messages(room, &page).await?;
             if (page.len() as i64) < REPLAY_PAGE {
+                // The page ended before `newest`: nothing of this room up to
+                // it is left unsent.
+                self.note_synced(room, newest);
                 break;
             }
             if self.app.shutdown.is_cancelled() {
@@ -145,77 +156,25 @@ impl Connection {
         Ok(())
     }
 
+    /// Every message of `room` up to `id` has been written (or is older than
+    /// what the client asked for): live copies at or below it are skipped,
+    /// and a catch-up never needs to look further back.
+    fn note_synced(&mut self, room: &str, id: i64) {
+        if let Some(state) = self.rooms.get_mut(room) {
+            state.last_id = state.last_id.max(id);
+        }
+    }
+
     fn note_delivered(&mut self, room: &str, id: i64) {
         if let Some(state) = self.rooms.get_mut(room) {
             state.last_id = state.last_id.max(id);
         }
         self.max_delivered = self.max_delivered.max(id);
     }
-
-    /// A live event, plus any others already waiting, written with one flush.
-    pub(super) async fn on_live(
-        &mut self,
-        room: String,
-        event: Result<RoomEvent, BroadcastStreamRecvError>,
-    ) -> Result<(), End> {
-        let mut next = Some((room, event));
-        let mut written = 0;
-        while let Some((room, event)) = next.take() {
-            if let Some(frame) = self.live_frame(&room, event).await? {
-                timed(self.socket.feed(Message::Text(frame))).await?;
-                written += 1;
-            }
-            if written >= MAX_WRITE_BATCH {
-                break;
-            }
-            next = self.live.next().now_or_never().flatten();
-        }
-        timed(self.socket.flush()).await
-    }
-
-    /// What, if anything, this connection should write for one live event.
-    async fn live_frame(
-        &mut self,
-        room: &str,
-        event: Result<RoomEvent, BroadcastStreamRecvError>,
-    ) -> Result<Option<Utf8Bytes>, End> {
-        let Some(state) = self.rooms.get_mut(room) else {
-            return Ok(None);
-        };
-        match event {
-            Ok(RoomEvent::Message { id, frame }) => {
-                if id <= state.last_id {
-                    return Ok(None); // already replayed
-                }
-                state.last_id = id;
-                self.max_delivered = self.max_delivered.max(id);
-                Ok(Some(frame))
-            }
-            Ok(RoomEvent::Presence {
-                seq,
-                viewers,
-                window,
-                frame,
-            }) => Ok(presence_frame(room, state, seq, viewers, &window, frame)),
-            Ok(RoomEvent::Typing { nick, frame }) => Ok((*nick != *self.nick).then_some(frame)),
-            Err(BroadcastStreamRecvError::Lagged(missed)) => {
-                // The channel dropped events this connection had not read:
-                // reload the messages from the store, where they are
-                // committed, and restate presence (its diffs were lost too).
-                tracing::debug!(%room, missed, "receiver lagged; catching up from the store");
-                let after = state.last_id;
-                self.replay_after(room, after).await?;
-                if let Some(snapshot) = self.app.hub.presence(room) {
-                    self.send_presence(room, snapshot).await?;
-                }
-                Ok(None)
-            }
-        }
-    }
 }
 
 /// A presence diff as this connection must see it (see `RoomState::view`).
-fn presence_frame(
+pub(super) fn presence_frame(
     room: &str,
     state: &mut RoomState,
     seq: u64,
@@ -236,7 +195,7 @@ fn presence_frame(
 
 /// A replay that cannot read the store would leave the client with a gap, so
 /// the connection is closed instead: the client reconnects with its offset.
-fn store_failed(e: StoreError) -> End {
+pub(super) fn store_failed(e: StoreError) -> End {
     tracing::error!(error = %e, "replay failed; closing the connection");
     End::Close(CLOSE_INTERNAL, "store unavailable, reconnect")
 }

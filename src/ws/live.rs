@@ -1,0 +1,165 @@
+//! Live delivery to one connection: everything ready in all its rooms, written in one global id order, with catch-up from the store after a lag.
+//!
+//! Why global order and not only per room: a client keeps one `serverOffset`,
+//! the highest id it has seen in any room. If room B's message 11 reached it
+//! before room A's message 10 and the connection then dropped, reconnecting
+//! with offset 11 would skip 10 forever. The writer publishes to the rooms'
+//! channels in id order, so once a message is in one channel every older one
+//! is already in its own; draining every channel until none has anything
+//! ready and then sorting by id yields the global order.
+
+use std::collections::HashMap;
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use super::Connection;
+use super::rooms::{presence_frame, store_failed};
+use super::socket::{End, timed};
+use crate::hub::RoomEvent;
+use crate::protocol;
+
+/// Events taken in one drain before the connection stops and reloads from
+/// the store instead: a limit on memory, never on correctness.
+const MAX_DRAIN: usize = 8_192;
+/// Rows per query when catching up from the store.
+const CATCH_UP_PAGE: i64 = 500;
+
+type Event = (String, Result<RoomEvent, BroadcastStreamRecvError>);
+
+impl Connection {
+    /// Deliver `first` and everything else already waiting, in id order.
+    pub(super) async fn on_live(&mut self, first: Event) -> Result<(), End> {
+        let mut batch = vec![first];
+        while batch.len() < MAX_DRAIN {
+            match self.live.next().now_or_never().flatten() {
+                Some(event) => batch.push(event),
+                None => break,
+            }
+        }
+        // Rooms whose channel dropped events (lag), or whose events may not
+        // all be in hand (the drain stopped at its limit), reload from the
+        // store, where everything is committed, in global order.
+        let reload: Vec<String> = if batch.len() >= MAX_DRAIN {
+            batch.iter().map(|(room, _)| room.clone()).collect()
+        } else {
+            batch
+                .iter()
+                .filter(|(_, event)| event.is_err())
+                .map(|(room, _)| room.clone())
+                .collect()
+        };
+        if !reload.is_empty() {
+            self.catch_up(&reload).await?;
+        }
+        for (room, event) in in_id_order(batch) {
+            if let Some(frame) = self.live_frame(&room, event) {
+                timed(self.socket.feed(Message::Text(frame))).await?;
+            }
+        }
+        timed(self.socket.flush()).await
+    }
+
+    /// What, if anything, this connection writes for one live event.
+    fn live_frame(
+        &mut self,
+        room: &str,
+        event: Result<RoomEvent, BroadcastStreamRecvError>,
+    ) -> Option<Utf8Bytes> {
+        let state = self.rooms.get_mut(room)?;
+        match event {
+            Ok(RoomEvent::Message { id, frame }) => {
+                if id <= state.last_id {
+                    return None; // already replayed or caught up
+                }
+                state.last_id = id;
+                self.max_delivered = self.max_delivered.max(id);
+                Some(frame)
+            }
+            Ok(RoomEvent::Presence {
+                seq,
+                viewers,
+                window,
+                frame,
+            }) => presence_frame(room, state, seq, viewers, &window, frame),
+            Ok(RoomEvent::Typing { nick, frame }) => (*nick != *self.nick).then_some(frame),
+            // Handled by `catch_up` before the batch is written.
+            Err(BroadcastStreamRecvError::Lagged(_)) => None,
+        }
+    }
+
+    /// Reload from the store every message of this connection's rooms above
+    /// the oldest gap in `lagged`, in id order, skipping what was delivered;
+    /// then restate the presence of the lagged rooms, whose diffs were lost.
+    async fn catch_up(&mut self, lagged: &[String]) -> Result<(), End> {
+        let Some(mut after) = lagged
+            .iter()
+            .filter_map(|room| self.rooms.get(room).map(|s| s.last_id))
+            .min()
+        else {
+            return Ok(());
+        };
+        tracing::debug!(rooms = lagged.len(), after, "catching up from the store");
+        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        let mut replayed = 0u64;
+        loop {
+            let page = self
+                .app
+                .store
+                .messages_in_rooms_after(rooms.clone(), after, CATCH_UP_PAGE)
+                .await
+                .map_err(store_failed)?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            for message in &page {
+                let Some(state) = self.rooms.get_mut(&message.room) else {
+                    continue;
+                };
+                if message.id <= state.last_id {
+                    continue;
+                }
+                state.last_id = message.id;
+                self.max_delivered = self.max_delivered.max(message.id);
+                let frame = protocol::message_frame(message);
+                timed(self.socket.feed(Message::Text(frame.into()))).await?;
+                replayed += 1;
+            }
+            if (page.len() as i64) < CATCH_UP_PAGE {
+                break;
+            }
+            if self.app.shutdown.is_cancelled() {
+                return Err(End::shutting_down());
+            }
+        }
+        metrics::counter!(crate::metrics::REPLAYED).increment(replayed);
+        let mut restated: Vec<&String> = lagged.iter().collect();
+        restated.sort();
+        restated.dedup();
+        for room in restated {
+            if let Some(snapshot) = self.app.hub.presence(room) {
+                self.send_presence(room, snapshot).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Order a drained batch by message id across rooms while keeping each
+/// room's own sequence: an event that is not a message sorts with the
+/// message before it in its room, and the sort is stable.
+fn in_id_order(batch: Vec<Event>) -> Vec<Event> {
+    let mut last_in_room: HashMap<String, i64> = HashMap::new();
+    let mut keyed: Vec<(i64, Event)> = batch
+        .into_iter()
+        .map(|(room, event)| {
+            let last = last_in_room.entry(room.clone()).or_insert(0);
+            if let Ok(RoomEvent::Message { id, .. }) = &event {
+                *last = *id;
+            }
+            (*last, (room, event))
+        })
+        .collect();
+    keyed.sort_by_key(|(key, _)| *key);
+    keyed.into_iter().map(|(_, event)| event).collect()
+}
