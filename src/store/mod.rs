@@ -255,12 +255,14 @@ impl Store {
         .await
     }
 
-    /// Up to `limit` messages of any of `rooms` above `after`, in id order
-    /// across the rooms (for a connection catching up on all its rooms at once).
-    pub async fn messages_in_rooms_after(
+    /// Up to `limit` messages of any of `rooms` above `after` and below
+    /// `before`, in id order across the rooms (for a connection catching up
+    /// on all its rooms at once).
+    pub async fn messages_in_rooms_between(
         &self,
         rooms: Vec<String>,
         after: i64,
+        before: i64,
         limit: i64,
     ) -> Result<Vec<ChatMessage>, StoreError> {
         if rooms.is_empty() {
@@ -270,11 +272,12 @@ impl Store {
             let placeholders = vec!["?"; rooms.len()].join(",");
             let sql = format!(
                 "SELECT id, room, nick, text, ts, client_offset FROM messages
-                 WHERE id > ? AND room IN ({placeholders}) ORDER BY id LIMIT ?"
+                 WHERE id > ? AND id < ? AND room IN ({placeholders}) ORDER BY id LIMIT ?"
             );
             let mut stmt = conn.prepare_cached(&sql)?;
             let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(rooms.len() + 2);
             values.push(after.into());
+            values.push(before.into());
             values.extend(rooms.into_iter().map(rusqlite::types::Value::from));
             values.push(limit.into());
             let rows = stmt.query_map(rusqlite::params_from_iter(values), row_to_message)?;

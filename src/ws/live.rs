@@ -33,7 +33,13 @@ impl Connection {
     pub(super) async fn on_live(&mut self, first: Event) -> Result<(), End> {
         let mut batch = vec![first];
         while batch.len() < MAX_DRAIN {
-            match self.live.next().now_or_never().flatten() {
+            // Unconstrained: tokio's cooperative budget would otherwise make
+            // a ready channel look empty after ~128 polls, ending the drain
+            // before it has seen everything and breaking the order.
+            match tokio::task::unconstrained(self.live.next())
+                .now_or_never()
+                .flatten()
+            {
                 Some(event) => batch.push(event),
                 None => break,
             }
@@ -107,7 +113,7 @@ impl Connection {
             let page = self
                 .app
                 .store
-                .messages_in_rooms_after(rooms.clone(), after, CATCH_UP_PAGE)
+                .messages_in_rooms_between(rooms.clone(), after, i64::MAX, CATCH_UP_PAGE)
                 .await
                 .map_err(store_failed)?;
             let Some(last) = page.last() else { break };

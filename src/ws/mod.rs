@@ -146,7 +146,7 @@ impl Connection {
         let welcome = protocol::welcome_frame(&session_id(), &self.nick, newest, &limits);
         send_text(&mut self.socket, welcome.into()).await?;
         for room in &rooms {
-            self.join(room, server_offset).await?;
+            self.join(room, server_offset, false).await?;
         }
         self.send_synced(&rooms, newest, server_offset).await
     }
@@ -202,7 +202,7 @@ impl Connection {
                     )));
                 }
                 let newest = self.app.store.newest_id();
-                self.join(&room, server_offset).await?;
+                self.join(&room, server_offset, true).await?;
                 Ok(self.send_synced(&[room], newest, server_offset).await?)
             }
             ClientFrame::Leave { room } => {

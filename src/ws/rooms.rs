@@ -1,5 +1,6 @@
 //! A connection's rooms: joining (subscribe, replay, presence, draft) without gaps or duplicates, and leaving.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use axum::extract::ws::{Message, Utf8Bytes};
@@ -35,7 +36,17 @@ pub struct RoomState {
 impl Connection {
     /// `joined`, replay, `presence`, `draft`. Subscribes before reading the
     /// store, so nothing committed meanwhile is missed.
-    pub(super) async fn join(&mut self, room: &str, server_offset: Option<i64>) -> Result<(), End> {
+    ///
+    /// During the handshake each room is replayed in turn (the client stores
+    /// its offset only at `synced`). A `join` later, while other rooms are
+    /// live, is `merged`: its replay is interleaved by id with what the other
+    /// rooms have pending, so the connection's one id order holds (see `live`).
+    pub(super) async fn join(
+        &mut self,
+        room: &str,
+        server_offset: Option<i64>,
+        merged: bool,
+    ) -> Result<(), End> {
         let presence = if self.rooms.contains_key(room) {
             // Joining again: a new replay, a fresh presence snapshot.
             self.app.hub.presence(room)
@@ -55,9 +66,10 @@ impl Connection {
             Some(joined.presence)
         };
         send_text(&mut self.socket, protocol::joined_frame(room).into()).await?;
-        match server_offset {
-            Some(offset) => self.replay_after(room, offset).await?,
-            None => self.send_recent(room).await?,
+        match (merged, server_offset) {
+            (true, _) => self.replay_merged(room, server_offset).await?,
+            (false, Some(offset)) => self.replay_after(room, offset).await?,
+            (false, None) => self.send_recent(room).await?,
         }
         if let Some(snapshot) = presence {
             self.send_presence(room, snapshot).await?;
@@ -141,6 +153,93 @@ impl Connection {
             if self.app.shutdown.is_cancelled() {
                 return Err(End::shutting_down());
             }
+        }
+        timed(self.socket.flush()).await
+    }
+
+    /// The replay of a room joined while others are live: the room's replay
+    /// (above `server_offset`, or its newest `history_on_join`) merged by id
+    /// with every message the other rooms have not delivered yet, all read
+    /// from the store up to the newest id at the start. Their live copies are
+    /// skipped afterwards.
+    async fn replay_merged(&mut self, room: &str, server_offset: Option<i64>) -> Result<(), End> {
+        let newest = self.app.store.newest_id();
+        let below = newest.saturating_add(1);
+        let store = self.app.store.clone();
+        // The joined room's part: a range read in pages, or one short list.
+        let mut mine: VecDeque<ChatMessage> = VecDeque::new();
+        let mut mine_after = server_offset;
+        if server_offset.is_none() {
+            let limit = i64::from(self.app.config.history_on_join);
+            if limit > 0 {
+                let (recent, _) = store
+                    .messages_before(room, Some(below), limit)
+                    .await
+                    .map_err(store_failed)?;
+                mine.extend(recent);
+            }
+        }
+        // The other rooms' part, from the oldest point any of them is synced to.
+        let others: Vec<String> = self.rooms.keys().filter(|r| *r != room).cloned().collect();
+        let mut others_after = others
+            .iter()
+            .filter_map(|r| self.rooms.get(r).map(|s| s.last_id))
+            .min()
+            .filter(|after| *after < newest);
+        let mut theirs: VecDeque<ChatMessage> = VecDeque::new();
+        let mut written = 0u64;
+        loop {
+            if mine.is_empty()
+                && let Some(after) = mine_after
+            {
+                let (page, _) = store
+                    .messages_between(room, after, Some(below), REPLAY_PAGE)
+                    .await
+                    .map_err(store_failed)?;
+                mine_after = match page.last() {
+                    Some(last) if page.len() as i64 == REPLAY_PAGE => Some(last.id),
+                    _ => None,
+                };
+                mine.extend(page);
+            }
+            if theirs.is_empty()
+                && let Some(after) = others_after
+            {
+                let page = store
+                    .messages_in_rooms_between(others.clone(), after, below, REPLAY_PAGE)
+                    .await
+                    .map_err(store_failed)?;
+                others_after = match page.last() {
+                    Some(last) if page.len() as i64 == REPLAY_PAGE => Some(last.id),
+                    _ => None,
+                };
+                theirs.extend(
+                    page.into_iter()
+                        .filter(|m| self.rooms.get(&m.room).is_some_and(|s| m.id > s.last_id)),
+                );
+            }
+            let next = match (mine.front(), theirs.front()) {
+                (None, None) if mine_after.is_none() && others_after.is_none() => break,
+                (None, None) => continue,
+                (Some(a), Some(b)) if b.id < a.id => theirs.pop_front(),
+                (Some(_), _) => mine.pop_front(),
+                (None, Some(_)) => theirs.pop_front(),
+            };
+            if let Some(message) = next {
+                let frame = protocol::message_frame(&message);
+                timed(self.socket.feed(Message::Text(frame.into()))).await?;
+                self.note_delivered(&message.room, message.id);
+                written += 1;
+            }
+            if self.app.shutdown.is_cancelled() {
+                return Err(End::shutting_down());
+            }
+        }
+        metrics::counter!(crate::metrics::REPLAYED).increment(written);
+        // Every room is now complete up to `newest`.
+        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        for name in rooms {
+            self.note_synced(&name, newest);
         }
         timed(self.socket.flush()).await
     }

@@ -14,6 +14,7 @@ mod history;
 mod limits;
 mod messages;
 mod metrics;
+mod ordering;
 mod presence;
 mod replay;
 mod transport;
