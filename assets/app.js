@@ -1461,7 +1461,11 @@
 
     message(f) {
       if (!isMessage(f)) return;
-      bumpServerOffset(f.id);
+      // Before the hello's `synced`, rooms are replayed one after another, so
+      // a newer id of one room can come before an older one of the next: the
+      // offset moves only with `synced`, then with every live message (the
+      // server keeps one id order after that).
+      if (state.helloSynced) bumpServerOffset(f.id);
       const room = typeof f.room === 'string' ? state.rooms.get(f.room) : null;
       if (!room) {
         if (f.clientOffset) dropFromOutbox(f.clientOffset);
