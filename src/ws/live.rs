@@ -95,25 +95,41 @@ impl Connection {
         }
     }
 
-    /// Reload from the store every message of this connection's rooms above
-    /// the oldest gap in `lagged`, in id order, skipping what was delivered;
-    /// then restate the presence of the lagged rooms, whose diffs were lost.
+    /// After a lag: reload what the lagged rooms missed, with everything
+    /// else pending, in one id order; then restate their presence, whose
+    /// diffs were lost too.
     async fn catch_up(&mut self, lagged: &[String]) -> Result<(), End> {
-        let Some(mut after) = lagged
+        self.reload(lagged, i64::MAX).await?;
+        let mut restated: Vec<&String> = lagged.iter().collect();
+        restated.sort();
+        restated.dedup();
+        for room in restated {
+            if let Some(snapshot) = self.app.hub.presence(room) {
+                self.send_presence(room, snapshot).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write from the store, in id order, every message of this connection's
+    /// rooms below `before` that it has not delivered, starting at the oldest
+    /// point any room of `from` is synced to.
+    pub(super) async fn reload(&mut self, from: &[String], before: i64) -> Result<(), End> {
+        let Some(mut after) = from
             .iter()
             .filter_map(|room| self.rooms.get(room).map(|s| s.last_id))
             .min()
         else {
             return Ok(());
         };
-        tracing::debug!(rooms = lagged.len(), after, "catching up from the store");
+        tracing::debug!(rooms = from.len(), after, "reloading from the store");
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();
         let mut replayed = 0u64;
         loop {
             let page = self
                 .app
                 .store
-                .messages_in_rooms_between(rooms.clone(), after, i64::MAX, CATCH_UP_PAGE)
+                .messages_in_rooms_between(rooms.clone(), after, before, CATCH_UP_PAGE)
                 .await
                 .map_err(store_failed)?;
             let Some(last) = page.last() else { break };
@@ -139,15 +155,7 @@ impl Connection {
             }
         }
         metrics::counter!(crate::metrics::REPLAYED).increment(replayed);
-        let mut restated: Vec<&String> = lagged.iter().collect();
-        restated.sort();
-        restated.dedup();
-        for room in restated {
-            if let Some(snapshot) = self.app.hub.presence(room) {
-                self.send_presence(room, snapshot).await?;
-            }
-        }
-        Ok(())
+        timed(self.socket.flush()).await
     }
 }
 

@@ -148,6 +148,15 @@ impl Connection {
         for room in &rooms {
             self.join(room, server_offset, false).await?;
         }
+        // The rooms were replayed one after another: an earlier one may have
+        // had messages committed since its replay, older than the last
+        // room's newest. Bring every room up to one point before `synced`,
+        // so the offset the client stores there covers all of them.
+        let upto = self.app.store.newest_id();
+        self.reload(&rooms, upto.saturating_add(1)).await?;
+        for room in &rooms {
+            self.note_synced(room, upto);
+        }
         self.send_synced(&rooms, newest, server_offset).await
     }
 

@@ -258,7 +258,7 @@ impl Connection {
     /// Every message of `room` up to `id` has been written (or is older than
     /// what the client asked for): live copies at or below it are skipped,
     /// and a catch-up never needs to look further back.
-    fn note_synced(&mut self, room: &str, id: i64) {
+    pub(super) fn note_synced(&mut self, room: &str, id: i64) {
         if let Some(state) = self.rooms.get_mut(room) {
             state.last_id = state.last_id.max(id);
         }
