@@ -191,6 +191,13 @@ impl App {
         let last_flush = state.clone();
         let router = web::router(state);
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        // Small frames (a message, then its ack) must not wait for Nagle's
+        // algorithm: without TCP_NODELAY each one can stall ~40 ms.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let result = axum::serve(listener, service)
             .with_graceful_shutdown({
                 let token = token.clone();

@@ -7,7 +7,7 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use natter::App;
 use natter::config::{BackupArgs, Cli, Command, ServeConfig};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -81,7 +81,7 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
         Err(e) => tracing::debug!(error = %e, "cannot raise the open-file limit"),
     }
     let app = App::open(config)?;
-    let listener = TcpListener::bind(&addr)
+    let listener = bind(&addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let shutdown =
@@ -98,6 +98,32 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     app.serve(listener, shutdown)
         .await
         .map_err(|e| format!("server failed: {e}"))
+}
+
+/// Pending connections the kernel queues before natter accepts them. The
+/// usual default of 128 overflows when every open page reconnects at once
+/// after a restart, and each overflowed connect then waits a second for its
+/// SYN to be retried.
+const LISTEN_BACKLOG: u32 = 4096;
+
+async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for candidate in tokio::net::lookup_host(addr).await? {
+        let socket = if candidate.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // A restarted natter can bind while old connections are in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(candidate) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
+    }))
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level.
