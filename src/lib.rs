@@ -177,17 +177,22 @@ impl App {
                 let hub = state.hub.clone();
                 every(PRESENCE_TICK, move || hub.tick(std::time::Instant::now()))
             }),
-            tokio::spawn({
-                let state = state.clone();
-                async move {
-                    let mut tick = tokio::time::interval(DRAFT_FLUSH);
-                    loop {
-                        tick.tick().await;
-                        flush_drafts(&state).await;
+        ];
+        // Not aborted like the others: a flush cut short after taking the
+        // dirty drafts and before queueing them would lose them. It stops
+        // between flushes once shutdown begins.
+        let flusher = tokio::spawn({
+            let state = state.clone();
+            async move {
+                let mut tick = tokio::time::interval(DRAFT_FLUSH);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => flush_drafts(&state).await,
+                        () = state.shutdown.cancelled() => break,
                     }
                 }
-            }),
-        ];
+            }
+        });
         let last_flush = state.clone();
         let router = web::router(state);
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -223,6 +228,7 @@ impl App {
             task.abort();
             let _ = task.await;
         }
+        let _ = flusher.await;
         // No connection can change a draft any more: write what is pending.
         flush_drafts(&last_flush).await;
         drop(last_flush);
