@@ -1984,13 +1984,19 @@
       }
     });
 
-    window.addEventListener('online', reconnectNow);
+    // A network change kills sockets silently (no close frame reaches us), so
+    // waiting for the ping check would leave sends hanging for half a minute:
+    // drop the socket when the browser says it is offline, and start a fresh
+    // one when it is back.
+    window.addEventListener('online', () => {
+      if (state.ws) restartConnection();
+      else reconnectNow();
+    });
     window.addEventListener('offline', () => {
-      if (!state.ws) {
-        clearTimeout(state.retryTimer);
-        state.retryTimer = 0;
-        setConn('offline');
-      }
+      teardownSocket();
+      clearTimeout(state.retryTimer);
+      state.retryTimer = 0;
+      setConn('offline');
     });
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && !state.ws && state.conn !== 'connecting') reconnectNow();
