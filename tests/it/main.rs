@@ -17,4 +17,5 @@ mod metrics;
 mod ordering;
 mod presence;
 mod replay;
+mod soak;
 mod transport;
