@@ -110,10 +110,12 @@ impl Connection {
     /// The newest `history_on_join` messages, for a client without an offset.
     async fn send_recent(&mut self, room: &str) -> Result<(), End> {
         let limit = i64::from(self.app.config.history_on_join);
+        let newest = self.app.store.newest_id();
         if limit == 0 {
+            // Owed nothing from before now; later catch-ups start here too.
+            self.note_synced(room, newest);
             return Ok(());
         }
-        let newest = self.app.store.newest_id();
         let (messages, _) = self
             .app
             .store
