@@ -98,10 +98,17 @@ pub struct Server {
     pub addr: String,
     child: Option<Child>,
     log: PathBuf,
+    /// Options beyond `--addr` and `--db`, kept for restarts.
+    args: Vec<String>,
 }
 
 impl Server {
     pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// Start with extra command-line options (for example an access token).
+    pub fn start_with(args: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("chat.db");
         let log = dir.path().join("server.log");
@@ -111,6 +118,7 @@ impl Server {
             addr: String::new(),
             child: None,
             log,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn("127.0.0.1:0");
         server
@@ -127,6 +135,7 @@ impl Server {
             .arg(addr)
             .arg("--db")
             .arg(&self.db)
+            .args(&self.args)
             .env("RUST_LOG", "natter=debug,warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -11,6 +11,7 @@
 
 mod harness;
 
+mod access;
 mod chat;
 mod drafts;
 mod presence;
