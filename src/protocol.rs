@@ -119,15 +119,27 @@ pub fn decode(text: &str, limits: &Limits) -> Decoded {
     }
     let raw: RawFrame = match serde_json::from_str(text) {
         Ok(raw) => raw,
-        Err(e) => {
-            let message = if e.is_data() {
-                "a frame must be a JSON object with a string field `type`".to_string()
-            } else {
-                format!("frame is not valid JSON ({e})")
+        Err(e) if e.is_data() => {
+            // An object serde would not map (a key given twice): still an
+            // object, so the error echoes its `ref` (section 8).
+            let reference = serde_json::from_str::<serde_json::Map<String, Value>>(text)
+                .ok()
+                .and_then(|map| match (map.get("ref"), map.get("clientOffset")) {
+                    (Some(Value::String(r)), _) => Some(r.clone()),
+                    (_, Some(Value::String(c))) => Some(c.clone()),
+                    _ => None,
+                });
+            return Decoded {
+                reference,
+                frame: Err(ClientError::bad_request(format!("invalid frame ({e})"))),
             };
+        }
+        Err(e) => {
             return Decoded {
                 reference: None,
-                frame: Err(ClientError::bad_request(message)),
+                frame: Err(ClientError::bad_request(format!(
+                    "frame is not valid JSON ({e})"
+                ))),
             };
         }
     };

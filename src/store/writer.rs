@@ -150,6 +150,21 @@ impl Writer {
             Ok(()) => {
                 self.last_ts = ts;
                 let (mut stored, mut duplicates, mut drafts) = (0, 0, 0);
+                // The whole batch is committed: no reader can have seen an id
+                // above `newest_id` once it is raised, before anything goes live.
+                let batch_newest = pending
+                    .iter()
+                    .filter_map(|item| match item {
+                        Pending::Append {
+                            fresh: Some(message),
+                            ..
+                        } => Some(message.id),
+                        _ => None,
+                    })
+                    .max();
+                if let Some(id) = batch_newest {
+                    self.newest_id.fetch_max(id, Ordering::AcqRel);
+                }
                 // Publish before acking, and in id order: anyone who sees the
                 // ack can already find the message live or in the store.
                 for item in &mut pending {
@@ -157,7 +172,6 @@ impl Writer {
                         Pending::Append { fresh, .. } => match fresh.take() {
                             Some(message) => {
                                 stored += 1;
-                                self.newest_id.fetch_max(message.id, Ordering::AcqRel);
                                 (self.publish)(message);
                             }
                             None => duplicates += 1,

@@ -132,6 +132,9 @@ impl Connection {
     /// Stream every stored message of `room` above `after`, page by page,
     /// until the store has nothing newer.
     async fn replay_after(&mut self, room: &str, mut after: i64) -> Result<(), End> {
+        // The client has everything up to its offset: never send that again,
+        // whatever a later catch-up reads.
+        self.note_synced(room, after);
         loop {
             let newest = self.app.store.newest_id();
             let (page, _) = self
@@ -166,6 +169,10 @@ impl Connection {
     /// skipped afterwards.
     async fn replay_merged(&mut self, room: &str, server_offset: Option<i64>) -> Result<(), End> {
         let newest = self.app.store.newest_id();
+        if let Some(offset) = server_offset {
+            // Covered by the client's own claim, as in `replay_after`.
+            self.note_synced(room, offset);
+        }
         let below = newest.saturating_add(1);
         let store = self.app.store.clone();
         // The joined room's part: a range read in pages, or one short list.

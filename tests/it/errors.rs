@@ -642,3 +642,20 @@ async fn rejected_request_gets_its_error_and_nothing_else() {
     assert_eq!(alice.recv().await["code"], "empty");
     assert_eq!(alice.maybe_recv(Duration::from_millis(300)).await, None);
 }
+
+#[tokio::test]
+async fn a_key_given_twice_is_bad_request_and_still_echoes_ref() {
+    let server = Server::start(&[]);
+    let (mut alice, _) = server.joined("alice", &["general"]).await;
+
+    alice
+        .send_raw(Message::text(
+            r#"{"type":"send","room":"general","text":"a","text":"b","ref":"d1"}"#,
+        ))
+        .await;
+
+    let error = alice.recv().await;
+    assert_eq!(error["code"], "bad_request");
+    assert_eq!(error["ref"], "d1");
+    alice.assert_usable().await;
+}
