@@ -21,9 +21,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::{ClientError, ErrorCode};
-use crate::protocol::{
-    self, DEFAULT_HISTORY_LIMIT, MAX_CLIENT_OFFSET_CHARS, MAX_HISTORY_LIMIT, MessageFrame,
-};
+use crate::protocol::{self, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, MessageFrame};
 use crate::ratelimit::TokenBucket;
 use crate::web::{bearer_matches, error_response};
 
@@ -202,33 +200,11 @@ async fn post(
     let Value::Object(mut fields) = request else {
         return Err(ClientError::bad_request("the body must be a JSON object").into());
     };
-    let nick = match fields.remove("nick") {
-        Some(Value::String(nick)) => protocol::validate_nick(&nick)?,
-        Some(_) => return Err(ClientError::bad_request("field `nick` must be a string").into()),
-        None => return Err(ClientError::bad_request("missing field `nick`").into()),
-    };
-    let text = match fields.remove("text") {
-        Some(Value::String(text)) => text,
-        Some(_) => return Err(ClientError::bad_request("field `text` must be a string").into()),
-        None => return Err(ClientError::bad_request("missing field `text`").into()),
-    };
+    // The same field rules as a WebSocket `send`.
+    let nick = protocol::validate_nick(&protocol::required_string(fields.remove("nick"), "nick")?)?;
+    let text = protocol::required_string(fields.remove("text"), "text")?;
     protocol::validate_text(&text, app.config.max_text_chars)?;
-    let client_offset = match fields.remove("clientOffset") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(offset)) => {
-            let chars = offset.chars().count();
-            if chars == 0 || chars > MAX_CLIENT_OFFSET_CHARS {
-                return Err(ClientError::bad_request(format!(
-                    "`clientOffset` must be 1-{MAX_CLIENT_OFFSET_CHARS} characters"
-                ))
-                .into());
-            }
-            Some(offset)
-        }
-        Some(_) => {
-            return Err(ClientError::bad_request("field `clientOffset` must be a string").into());
-        }
-    };
+    let client_offset = protocol::client_offset_field(fields.remove("clientOffset"))?;
     let per_10s = app.config.sends_per_10s;
     let ip = crate::admission::client_ip(peer, &headers, &app.config.trusted_proxies);
     if !app.post_limits.allow(ip, per_10s) {

@@ -207,11 +207,6 @@ impl Hub {
             .collect()
     }
 
-    /// Rooms held in memory (for tests and metrics).
-    pub fn active_rooms(&self) -> usize {
-        self.lock().len()
-    }
-
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Room>> {
         // Every critical section leaves the map consistent between statements
         // that can panic, so a poisoned lock is still safe to use.

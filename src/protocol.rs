@@ -124,11 +124,7 @@ pub fn decode(text: &str, limits: &Limits) -> Decoded {
             // object, so the error echoes its `ref` (section 8).
             let reference = serde_json::from_str::<serde_json::Map<String, Value>>(text)
                 .ok()
-                .and_then(|map| match (map.get("ref"), map.get("clientOffset")) {
-                    (Some(Value::String(r)), _) => Some(r.clone()),
-                    (_, Some(Value::String(c))) => Some(c.clone()),
-                    _ => None,
-                });
+                .and_then(|map| echo_reference(map.get("ref"), map.get("clientOffset")));
             return Decoded {
                 reference,
                 frame: Err(ClientError::bad_request(format!("invalid frame ({e})"))),
@@ -143,11 +139,7 @@ pub fn decode(text: &str, limits: &Limits) -> Decoded {
             };
         }
     };
-    let reference = match (&raw.reference, &raw.client_offset) {
-        (Some(Value::String(r)), _) => Some(r.clone()),
-        (_, Some(Value::String(c))) => Some(c.clone()),
-        _ => None,
-    };
+    let reference = echo_reference(raw.reference.as_ref(), raw.client_offset.as_ref());
     Decoded {
         reference,
         frame: validate(raw, limits),
@@ -203,15 +195,7 @@ fn validate(mut raw: RawFrame, limits: &Limits) -> Result<ClientFrame, ClientErr
             let room = room_field(raw.room)?;
             let text = required_string(raw.text, "text")?;
             validate_text(&text, limits.max_text_chars)?;
-            let client_offset = optional_string(raw.client_offset, "clientOffset")?;
-            if let Some(offset) = &client_offset {
-                let chars = offset.chars().count();
-                if chars == 0 || chars > MAX_CLIENT_OFFSET_CHARS {
-                    return Err(ClientError::bad_request(format!(
-                        "`clientOffset` must be 1-{MAX_CLIENT_OFFSET_CHARS} characters"
-                    )));
-                }
-            }
+            let client_offset = client_offset_field(raw.client_offset)?;
             Ok(ClientFrame::Send {
                 room,
                 text,
@@ -281,7 +265,30 @@ fn validate(mut raw: RawFrame, limits: &Limits) -> Result<ClientFrame, ClientErr
     }
 }
 
-fn required_string(value: Option<Value>, field: &str) -> Result<String, ClientError> {
+/// The optional idempotency key of a send or post: 1-64 characters.
+pub fn client_offset_field(value: Option<Value>) -> Result<Option<String>, ClientError> {
+    let client_offset = optional_string(value, "clientOffset")?;
+    if let Some(offset) = &client_offset {
+        let chars = offset.chars().count();
+        if chars == 0 || chars > MAX_CLIENT_OFFSET_CHARS {
+            return Err(ClientError::bad_request(format!(
+                "`clientOffset` must be 1-{MAX_CLIENT_OFFSET_CHARS} characters"
+            )));
+        }
+    }
+    Ok(client_offset)
+}
+
+/// What an error echoes (section 8): the string `ref`, else the string `clientOffset`.
+fn echo_reference(reference: Option<&Value>, client_offset: Option<&Value>) -> Option<String> {
+    match (reference, client_offset) {
+        (Some(Value::String(r)), _) => Some(r.clone()),
+        (_, Some(Value::String(c))) => Some(c.clone()),
+        _ => None,
+    }
+}
+
+pub fn required_string(value: Option<Value>, field: &str) -> Result<String, ClientError> {
     match value {
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(ClientError::bad_request(format!(
@@ -291,7 +298,7 @@ fn required_string(value: Option<Value>, field: &str) -> Result<String, ClientEr
     }
 }
 
-fn optional_string(value: Option<Value>, field: &str) -> Result<Option<String>, ClientError> {
+pub fn optional_string(value: Option<Value>, field: &str) -> Result<Option<String>, ClientError> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),

@@ -112,6 +112,21 @@ enum Pending {
     },
 }
 
+impl Pending {
+    /// The transaction rolled back: nothing this command did was stored.
+    fn fail(self, error: &str) {
+        let error = StoreError::Write(error.to_string());
+        match self {
+            Pending::Append { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Pending::Drafts { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
 impl Writer {
     fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         // `blocking_recv` returns `None` once every `Store` handle is gone and
@@ -198,14 +213,7 @@ impl Writer {
                 tracing::error!(error = %e, commands = size, "write transaction failed; nothing in it was stored");
                 let error = e.to_string();
                 for item in pending {
-                    match item {
-                        Pending::Append { reply, .. } => {
-                            let _ = reply.send(Err(StoreError::Write(error.clone())));
-                        }
-                        Pending::Drafts { reply, .. } => {
-                            let _ = reply.send(Err(StoreError::Write(error.clone())));
-                        }
-                    }
+                    item.fail(&error);
                 }
                 for command in commands {
                     command.fail(&error);
