@@ -11,14 +11,14 @@
 //! connection a few frames. Drafts go only to the same nick's other
 //! connections, through each connection's direct channel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::json;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Notify, broadcast};
 
 use crate::presence::{self, Change, RoomPresence, Snapshot};
 use crate::protocol::{ChatMessage, message_frame};
@@ -30,7 +30,7 @@ pub const ROOM_BUFFER: usize = 256;
 /// How often dirty rooms send their `presence_diff`: the coalescing window
 /// (the protocol allows at most 250 ms).
 pub const PRESENCE_TICK: Duration = Duration::from_millis(200);
-/// Frames waiting in one connection's direct channel (draft echoes).
+/// Frames waiting in one connection's direct inbox (draft echoes).
 pub const DIRECT_BUFFER: usize = 64;
 
 /// What travels on a room's channel.
@@ -57,7 +57,42 @@ pub enum RoomEvent {
 #[derive(Debug, Clone)]
 pub struct Handle {
     pub id: u64,
-    pub direct: mpsc::Sender<Utf8Bytes>,
+    pub direct: Arc<Inbox>,
+}
+
+/// Frames for one connection alone (draft echoes from its nick's other tabs).
+///
+/// A queue and a `Notify` rather than an mpsc channel: a channel allocates
+/// its first block of slots up front, about 1.5 KiB per connection, for a
+/// path most connections never use.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    frames: Mutex<VecDeque<Utf8Bytes>>,
+    ready: Notify,
+}
+
+impl Inbox {
+    /// Queue a frame unless `DIRECT_BUFFER` are already waiting (a tab too
+    /// busy to take a draft echo gets the draft on its next join).
+    pub fn push(&self, frame: Utf8Bytes) {
+        let mut frames = self.frames.lock().unwrap_or_else(|e| e.into_inner());
+        if frames.len() < DIRECT_BUFFER {
+            frames.push_back(frame);
+            drop(frames);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Everything queued, oldest first.
+    pub fn take(&self) -> VecDeque<Utf8Bytes> {
+        std::mem::take(&mut *self.frames.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Resolves once a frame was pushed since the last wake (or at once, if
+    /// one was pushed while nobody waited).
+    pub async fn pushed(&self) {
+        self.ready.notified().await;
+    }
 }
 
 struct Room {
@@ -87,11 +122,13 @@ impl Hub {
         }
     }
 
-    /// A new connection's handle and the receiving end of its direct channel.
-    pub fn connect(&self) -> (Handle, mpsc::Receiver<Utf8Bytes>) {
-        let (direct, receiver) = mpsc::channel(DIRECT_BUFFER);
+    /// A new connection's handle, with its direct inbox.
+    pub fn connect(&self) -> Handle {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        (Handle { id, direct }, receiver)
+        Handle {
+            id,
+            direct: Arc::default(),
+        }
     }
 
     /// Enter `room` as `nick`: subscribe to its channel (before the caller
@@ -154,7 +191,7 @@ impl Hub {
 
     /// Send `frame` to `nick`'s connections in `room` other than `origin`.
     pub fn to_other_tabs(&self, room: &str, nick: &str, origin: u64, frame: Utf8Bytes) {
-        let targets: Vec<mpsc::Sender<Utf8Bytes>> = {
+        let targets: Vec<Arc<Inbox>> = {
             let rooms = self.lock();
             let Some(entry) = rooms.get(room) else {
                 return;
@@ -168,8 +205,7 @@ impl Hub {
                 .collect()
         };
         for target in targets {
-            // A tab too busy to take a draft echo gets the draft on its next join.
-            let _ = target.try_send(frame.clone());
+            target.push(frame.clone());
         }
     }
 

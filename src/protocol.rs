@@ -444,17 +444,24 @@ pub fn error_frame(error: &ClientError, reference: Option<&str>) -> String {
 }
 
 pub fn ack_frame(client_offset: Option<&str>, id: i64, ts: i64, duplicate: bool) -> String {
-    let mut frame = serde_json::Map::new();
-    frame.insert("type".into(), "ack".into());
-    if let Some(client_offset) = client_offset {
-        frame.insert("clientOffset".into(), client_offset.into());
+    #[derive(Serialize)]
+    struct Ack<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(rename = "clientOffset", skip_serializing_if = "Option::is_none")]
+        client_offset: Option<&'a str>,
+        id: i64,
+        ts: i64,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
     }
-    frame.insert("id".into(), id.into());
-    frame.insert("ts".into(), ts.into());
-    if duplicate {
-        frame.insert("duplicate".into(), true.into());
-    }
-    Value::Object(frame).to_string()
+    to_json(&Ack {
+        kind: "ack",
+        client_offset,
+        id,
+        ts,
+        duplicate,
+    })
 }
 
 pub fn welcome_frame(

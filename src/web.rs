@@ -20,10 +20,15 @@ const APP_JS: &str = include_str!("../assets/app.js");
 const STYLE_CSS: &str = include_str!("../assets/style.css");
 const FAVICON_SVG: &str = include_str!("../assets/favicon.svg");
 
-/// WebSocket read buffer per connection. tungstenite's default (128 KiB) would
-/// dominate the memory of an idle connection; frames are small JSON.
-const WS_READ_BUFFER: usize = 4 * 1024;
-const WS_WRITE_BUFFER: usize = 4 * 1024;
+/// WebSocket buffers per connection, kept small because every open connection
+/// holds them (idle ones too). Reads: chat frames are small JSON, and a larger
+/// frame grows the buffer as needed; tungstenite's default of 128 KiB would
+/// dominate an idle connection. Writes: frames are written out in chunks of at
+/// least this much, which still batches a burst of deliveries into few
+/// syscalls; tungstenite keeps the buffer's capacity at the largest chunk it
+/// held, so a bigger target costs every connection that much memory.
+const WS_READ_BUFFER: usize = 1024;
+const WS_WRITE_BUFFER: usize = 1024;
 
 /// The page may only talk to this server and run its own script, so even a
 /// rendering bug cannot load or run anything from elsewhere.
@@ -120,12 +125,7 @@ async fn upgrade(
         .write_buffer_size(WS_WRITE_BUFFER)
         .max_frame_size(max)
         .max_message_size(max)
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                crate::ws::serve(socket, app).await;
-                drop(permit);
-            })
-        })
+        .on_upgrade(move |socket| tracker.track_future(crate::ws::serve(socket, app, permit)))
 }
 
 /// Cross-site WebSocket hijacking defence: a browser always sends Origin, so

@@ -9,6 +9,7 @@
 //! ready and then sorting by id yields the global order.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -16,7 +17,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::Connection;
 use super::rooms::{presence_frame, store_failed};
-use super::socket::{End, timed};
+use super::socket::{End, feed, timed};
 use crate::hub::RoomEvent;
 use crate::protocol;
 
@@ -26,10 +27,13 @@ const MAX_DRAIN: usize = 8_192;
 /// Rows per query when catching up from the store.
 const CATCH_UP_PAGE: i64 = 500;
 
-type Event = (String, Result<RoomEvent, BroadcastStreamRecvError>);
+/// A room's event as the connection's `StreamMap` yields it: keyed by a
+/// shared name, so taking one costs no allocation.
+pub(super) type Event = (Arc<str>, Result<RoomEvent, BroadcastStreamRecvError>);
 
 impl Connection {
-    /// Deliver `first` and everything else already waiting, in id order.
+    /// Queue `first` and everything else already waiting, in id order
+    /// (flushing is the caller's).
     pub(super) async fn on_live(&mut self, first: Event) -> Result<(), End> {
         let mut batch = vec![first];
         while batch.len() < MAX_DRAIN {
@@ -48,23 +52,23 @@ impl Connection {
         // all be in hand (the drain stopped at its limit), reload from the
         // store, where everything is committed, in global order.
         let reload: Vec<String> = if batch.len() >= MAX_DRAIN {
-            batch.iter().map(|(room, _)| room.clone()).collect()
+            batch.iter().map(|(room, _)| room.to_string()).collect()
         } else {
             batch
                 .iter()
                 .filter(|(_, event)| event.is_err())
-                .map(|(room, _)| room.clone())
+                .map(|(room, _)| room.to_string())
                 .collect()
         };
         if !reload.is_empty() {
-            self.catch_up(&reload).await?;
+            Box::pin(self.catch_up(&reload)).await?;
         }
         for (room, event) in in_id_order(batch) {
             if let Some(frame) = self.live_frame(&room, event) {
-                timed(self.socket.feed(Message::Text(frame))).await?;
+                feed(&mut self.socket, Message::Text(frame)).await?;
             }
         }
-        timed(self.socket.flush()).await
+        Ok(())
     }
 
     /// What, if anything, this connection writes for one live event.
@@ -163,7 +167,11 @@ impl Connection {
 /// room's own sequence: an event that is not a message sorts with the
 /// message before it in its room, and the sort is stable.
 fn in_id_order(batch: Vec<Event>) -> Vec<Event> {
-    let mut last_in_room: HashMap<String, i64> = HashMap::new();
+    // The usual batch holds one room's events, already in order.
+    if batch.iter().all(|(room, _)| Arc::ptr_eq(room, &batch[0].0)) {
+        return batch;
+    }
+    let mut last_in_room: HashMap<Arc<str>, i64> = HashMap::new();
     let mut keyed: Vec<(i64, Event)> = batch
         .into_iter()
         .map(|(room, event)| {

@@ -21,10 +21,9 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use futures_util::StreamExt;
+use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::FuturesOrdered;
-use tokio::sync::mpsc;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::sleep_until;
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::BroadcastStream;
@@ -33,9 +32,11 @@ pub use handshake::token_matches;
 
 use self::rooms::RoomState;
 use self::socket::{
-    CLOSE_NORMAL, End, Incoming, finish, incoming, send_error, send_text, timed, unsupported_binary,
+    CLOSE_NORMAL, End, Incoming, feed, finish, incoming, send_error, send_text, timed,
+    unsupported_binary,
 };
 use crate::AppState;
+use crate::admission::Permit;
 use crate::error::{ClientError, ErrorCode};
 use crate::hub::{Handle, RoomEvent};
 use crate::protocol::{self, ClientFrame, Decoded, Hello, MAX_ROOMS_PER_CONNECTION, WireLimits};
@@ -46,6 +47,9 @@ use crate::store::{Appended, StoreError, now_ms};
 /// than this adds nothing for the others, so faster repeats are dropped.
 const TYPING_RELAY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Rounds of `write_ready` before a flush and a return to the loop.
+const WRITE_READY_ROUNDS: usize = 8;
+
 type AckFuture = Pin<Box<dyn Future<Output = String> + Send>>;
 
 struct Connection {
@@ -53,52 +57,67 @@ struct Connection {
     app: AppState,
     nick: String,
     handle: Handle,
-    direct: mpsc::Receiver<Utf8Bytes>,
     rooms: HashMap<String, RoomState>,
-    live: StreamMap<String, BroadcastStream<RoomEvent>>,
+    live: StreamMap<std::sync::Arc<str>, BroadcastStream<RoomEvent>>,
     acks: FuturesOrdered<AckFuture>,
     bucket: TokenBucket,
     /// Highest id written on this connection, for `synced.serverOffset`.
     max_delivered: i64,
+    _permit: Permit,
 }
 
 /// Serve one upgraded socket until it closes or the server shuts down.
-pub async fn serve(mut socket: WebSocket, app: AppState) {
-    let _gauge = crate::metrics::ConnectionGauge::open();
-    let hello = match handshake::handshake(&mut socket, &app).await {
-        Ok(hello) => hello,
-        Err(end) => return finish(socket, end).await,
-    };
-    let Hello {
-        nick,
-        rooms,
-        server_offset,
-        ..
-    } = hello;
-    let (handle, direct) = app.hub.connect();
-    let mut conn = Connection {
+///
+/// The connection's state goes into one box before the first `.await`, so
+/// the task holds a pointer to it instead of moved-from copies of the socket.
+/// `permit` is the connection's place under the admission limits, given back
+/// when the connection is dropped.
+pub fn serve(socket: WebSocket, app: AppState, permit: Permit) -> impl Future<Output = ()> + Send {
+    let handle = app.hub.connect();
+    let conn = Box::new(Connection {
         socket,
         bucket: TokenBucket::new(app.config.sends_per_10s),
         app,
-        nick,
+        nick: String::new(),
         handle,
-        direct,
         rooms: HashMap::new(),
         live: StreamMap::new(),
         acks: FuturesOrdered::new(),
         max_delivered: 0,
-    };
-    let end = conn.run(rooms, server_offset).await;
-    let joined: Vec<String> = conn.rooms.keys().cloned().collect();
-    for room in joined {
-        conn.leave(&room);
+        _permit: permit,
+    });
+    conn.serve()
+}
+
+impl Connection {
+    async fn serve(mut self: Box<Self>) {
+        let _gauge = crate::metrics::ConnectionGauge::open();
+        let end = match Box::pin(handshake::handshake(&mut self.socket, &self.app)).await {
+            Ok(Hello {
+                nick,
+                rooms,
+                server_offset,
+                ..
+            }) => {
+                self.nick = nick;
+                self.run(rooms, server_offset).await
+            }
+            Err(end) => end,
+        };
+        let joined: Vec<String> = self.rooms.keys().cloned().collect();
+        for room in joined {
+            self.leave(&room);
+        }
+        Box::pin(finish(self.socket, end)).await;
     }
-    finish(conn.socket, end).await;
 }
 
 impl Connection {
     async fn run(&mut self, rooms: Vec<String>, server_offset: Option<i64>) -> End {
-        if let Err(end) = self.start(rooms, server_offset).await {
+        // Boxed, like every long and rare path below: a task's future is as
+        // large as its largest state, and it is the idle loop's size that
+        // every open connection pays for.
+        if let Err(end) = Box::pin(self.start(rooms, server_offset)).await {
             return end;
         }
         let config = &self.app.config;
@@ -109,29 +128,75 @@ impl Connection {
         let idle_timeout = config.idle_timeout();
         let idle = sleep_until(tokio::time::Instant::now() + idle_timeout);
         tokio::pin!(idle);
-        let shutdown = self.app.shutdown.clone();
+        // Made once: a fresh `cancelled()` each turn would enter and leave
+        // the token's waiter list (a mutex) for every frame.
+        let shutdown = self.app.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         loop {
-            let step = tokio::select! {
-                () = shutdown.cancelled() => Err(End::shutting_down()),
+            // Only picks what woke the task; the work is done in `step`,
+            // boxed, so the idle connection's future stays small.
+            let wake = tokio::select! {
+                () = &mut shutdown => return End::shutting_down(),
                 message = self.socket.recv() => {
                     idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
-                    match incoming(message) {
-                        Incoming::Text(text) => self.on_text(&text).await,
-                        Incoming::Binary => send_error(&mut self.socket, &unsupported_binary(), None).await,
-                        Incoming::Control => Ok(()),
-                        Incoming::End(end) => Err(end),
-                    }
+                    Wake::Incoming(message)
                 }
-                Some(event) = self.live.next() => self.on_live(event).await,
-                Some(frame) = self.acks.next() => send_text(&mut self.socket, frame.into()).await,
-                Some(frame) = self.direct.recv() => send_text(&mut self.socket, frame).await,
-                _ = ping.tick() => timed(self.socket.send(Message::Ping(Default::default()))).await,
-                () = &mut idle => Err(End::Close(CLOSE_NORMAL, "idle timeout")),
+                Some(event) = self.live.next() => Wake::Live(event),
+                Some(frame) = self.acks.next() => Wake::Ack(frame),
+                () = self.handle.direct.pushed() => Wake::Direct,
+                _ = ping.tick() => Wake::Ping,
+                () = &mut idle => return End::Close(CLOSE_NORMAL, "idle timeout"),
             };
-            if let Err(end) = step {
+            if let Err(end) = Box::pin(self.step(wake)).await {
                 return end;
             }
         }
+    }
+
+    /// Handle what woke the loop, then write everything else that is ready.
+    async fn step(&mut self, wake: Wake) -> Result<(), End> {
+        match wake {
+            Wake::Incoming(message) => match incoming(message) {
+                Incoming::Text(text) => self.on_text(&text).await?,
+                Incoming::Binary => {
+                    send_error(&mut self.socket, &unsupported_binary(), None).await?;
+                }
+                Incoming::Control => {}
+                Incoming::End(end) => return Err(end),
+            },
+            Wake::Live(event) => self.on_live(event).await?,
+            Wake::Ack(frame) => feed(&mut self.socket, Message::Text(frame.into())).await?,
+            Wake::Direct => {} // taken by `write_ready`
+            Wake::Ping => feed(&mut self.socket, Message::Ping(Default::default())).await?,
+        }
+        self.write_ready().await
+    }
+
+    /// Queue every ack, draft echo and live event that is ready now, without
+    /// waiting for anything, then flush: one write to the kernel carries
+    /// them all, instead of one per frame.
+    async fn write_ready(&mut self) -> Result<(), End> {
+        // Bounded, so a room that never stops talking cannot keep this task
+        // from yielding; what is left wakes the loop again at once.
+        for _ in 0..WRITE_READY_ROUNDS {
+            let mut wrote = false;
+            while let Some(Some(frame)) = self.acks.next().now_or_never() {
+                feed(&mut self.socket, Message::Text(frame.into())).await?;
+                wrote = true;
+            }
+            for frame in self.handle.direct.take() {
+                feed(&mut self.socket, Message::Text(frame)).await?;
+                wrote = true;
+            }
+            if let Some(Some(event)) = tokio::task::unconstrained(self.live.next()).now_or_never() {
+                self.on_live(event).await?;
+                wrote = true;
+            }
+            if !wrote {
+                break;
+            }
+        }
+        timed(self.socket.flush()).await
     }
 
     /// `welcome`, then each room's join sequence, then `synced`.
@@ -211,7 +276,7 @@ impl Connection {
                     )));
                 }
                 let newest = self.app.store.newest_id();
-                self.join(&room, server_offset, true).await?;
+                Box::pin(self.join(&room, server_offset, true)).await?;
                 Ok(self.send_synced(&[room], newest, server_offset).await?)
             }
             ClientFrame::Leave { room } => {
@@ -226,12 +291,10 @@ impl Connection {
                 limit,
                 reference: history_ref,
             } => {
-                let (messages, has_more) = self
-                    .app
-                    .store
-                    .messages_before(&room, before, limit)
-                    .await
-                    .map_err(|e| Reply::Error(internal(e)))?;
+                let (messages, has_more) =
+                    Box::pin(self.app.store.messages_before(&room, before, limit))
+                        .await
+                        .map_err(|e| Reply::Error(internal(e)))?;
                 let frame = protocol::history_frame(
                     &room,
                     history_ref.as_deref().or(reference),
@@ -325,6 +388,15 @@ fn ack_or_error(client_offset: Option<&str>, outcome: Result<Appended, StoreErro
         Ok(Appended { id, ts, duplicate }) => protocol::ack_frame(client_offset, id, ts, duplicate),
         Err(e) => protocol::error_frame(&internal(e), client_offset),
     }
+}
+
+/// What woke a connection's loop.
+enum Wake {
+    Incoming(Option<Result<Message, axum::Error>>),
+    Live(live::Event),
+    Ack(String),
+    Direct,
+    Ping,
 }
 
 /// What a request handler can produce besides success.

@@ -53,7 +53,7 @@ impl Connection {
         } else {
             let joined = self.app.hub.join(room, &self.nick, &self.handle);
             self.live
-                .insert(room.to_string(), BroadcastStream::new(joined.receiver));
+                .insert(room.into(), BroadcastStream::new(joined.receiver));
             self.rooms.insert(
                 room.to_string(),
                 RoomState {

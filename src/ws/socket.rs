@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{FutureExt, SinkExt};
 
 use crate::error::{ClientError, ErrorCode};
 use crate::protocol;
@@ -81,6 +82,11 @@ pub async fn send_text(socket: &mut WebSocket, text: Utf8Bytes) -> Result<(), En
     timed(socket.send(Message::Text(text))).await
 }
 
+/// Queue a frame behind the others; it goes out with the caller's flush.
+pub async fn feed(socket: &mut WebSocket, message: Message) -> Result<(), End> {
+    timed(socket.feed(message)).await
+}
+
 pub async fn send_error(
     socket: &mut WebSocket,
     error: &ClientError,
@@ -91,8 +97,17 @@ pub async fn send_error(
 
 /// A write that cannot complete within `WRITE_TIMEOUT` means the client stopped
 /// reading; the connection is dropped and the client recovers by offset.
+///
+/// Almost every write completes at once (it only fills tungstenite's buffer,
+/// or the kernel's): the timer is armed only for one that has to wait, which
+/// keeps a timer-wheel insertion and a clock read off every delivered frame.
 pub async fn timed<F: Future<Output = Result<(), axum::Error>>>(write: F) -> Result<(), End> {
-    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+    let mut write = std::pin::pin!(write);
+    let outcome = match write.as_mut().now_or_never() {
+        Some(result) => Ok(result),
+        None => tokio::time::timeout(WRITE_TIMEOUT, write).await,
+    };
+    match outcome {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) | Err(_) => Err(End::Gone),
     }
