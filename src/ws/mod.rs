@@ -19,12 +19,12 @@ mod socket;
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::time::sleep_until;
+use tokio::time::{Instant, sleep_until};
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -120,14 +120,16 @@ impl Connection {
         if let Err(end) = Box::pin(self.start(rooms, server_offset)).await {
             return end;
         }
-        let config = &self.app.config;
-        let mut ping = tokio::time::interval_at(
-            tokio::time::Instant::now() + config.ping_interval(),
-            config.ping_interval(),
-        );
-        let idle_timeout = config.idle_timeout();
-        let idle = sleep_until(tokio::time::Instant::now() + idle_timeout);
-        tokio::pin!(idle);
+        let ping_interval = self.app.config.ping_interval();
+        let idle_timeout = self.app.config.idle_timeout();
+        let now = Instant::now();
+        let mut next_ping = now + ping_interval;
+        let mut idle_deadline = now + idle_timeout;
+        // One timer for both pings and the idle deadline: a frame from the
+        // client only moves `idle_deadline`, which costs nothing, instead of
+        // re-arming a timer on every frame.
+        let keepalive = sleep_until(next_ping.min(idle_deadline));
+        tokio::pin!(keepalive);
         // Made once: a fresh `cancelled()` each turn would enter and leave
         // the token's waiter list (a mutex) for every frame.
         let shutdown = self.app.shutdown.clone().cancelled_owned();
@@ -138,14 +140,27 @@ impl Connection {
             let wake = tokio::select! {
                 () = &mut shutdown => return End::shutting_down(),
                 message = self.socket.recv() => {
-                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                    idle_deadline = Instant::now() + idle_timeout;
                     Wake::Incoming(message)
                 }
                 Some(event) = self.live.next() => Wake::Live(event),
                 Some(frame) = self.acks.next() => Wake::Ack(frame),
                 () = self.handle.direct.pushed() => Wake::Direct,
-                _ = ping.tick() => Wake::Ping,
-                () = &mut idle => return End::Close(CLOSE_NORMAL, "idle timeout"),
+                () = &mut keepalive => {
+                    let now = Instant::now();
+                    if now >= idle_deadline {
+                        return End::Close(CLOSE_NORMAL, "idle timeout");
+                    }
+                    let ping = now >= next_ping;
+                    if ping {
+                        next_ping = now + ping_interval;
+                    }
+                    keepalive.as_mut().reset(next_ping.min(idle_deadline));
+                    if !ping {
+                        continue; // the deadline moved since the timer was set
+                    }
+                    Wake::Ping
+                }
             };
             if let Err(end) = Box::pin(self.step(wake)).await {
                 return end;
@@ -188,7 +203,8 @@ impl Connection {
                 feed(&mut self.socket, Message::Text(frame)).await?;
                 wrote = true;
             }
-            if let Some(Some(event)) = tokio::task::unconstrained(self.live.next()).now_or_never() {
+            let event = tokio::task::unconstrained(self.live.next()).now_or_never();
+            if let Some(Some(event)) = event {
                 self.on_live(event).await?;
                 wrote = true;
             }
@@ -358,7 +374,7 @@ impl Connection {
         let Some(state) = self.rooms.get_mut(room) else {
             return Err(not_joined(room));
         };
-        let now = Instant::now();
+        let now = std::time::Instant::now();
         let repeat = matches!(state.typing, Some((was, at)) if was == active && now.duration_since(at) < TYPING_RELAY_INTERVAL);
         if !repeat {
             state.typing = Some((active, now));

@@ -67,6 +67,25 @@ async fn server_sends_websocket_pings() {
 }
 
 #[tokio::test]
+async fn pings_keep_coming_and_their_pongs_keep_an_idle_client_open() {
+    // A background tab sends nothing but the pongs its browser answers with.
+    let server = Server::start(&["--ping-interval-ms", "150", "--idle-timeout-ms", "400"]);
+    let (mut client, _) = server.joined("alice", &["general"]).await;
+
+    let mut pings = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1_500);
+    while tokio::time::Instant::now() < deadline {
+        match client.next_event(WAIT).await {
+            Some(Event::Ping) => pings += 1,
+            other => panic!("expected only pings, got {other:?}"),
+        }
+    }
+
+    assert!(pings >= 5, "{pings} pings in 1.5 s at a 150 ms interval");
+    client.assert_usable().await;
+}
+
+#[tokio::test]
 async fn silent_connection_is_closed_after_idle_timeout() {
     let server = Server::start(&["--idle-timeout-ms", "500", "--ping-interval-ms", "60000"]);
     let (mut client, _) = server.joined("alice", &["general"]).await;
