@@ -172,7 +172,7 @@ impl Connection {
     async fn step(&mut self, wake: Wake) -> Result<(), End> {
         match wake {
             Wake::Incoming(message) => match incoming(message) {
-                Incoming::Text(text) => self.on_text(&text).await?,
+                Incoming::Text(text) => Box::pin(self.on_text(&text)).await?,
                 Incoming::Binary => {
                     send_error(&mut self.socket, &unsupported_binary(), None).await?;
                 }
@@ -280,7 +280,7 @@ impl Connection {
                 room,
                 text,
                 client_offset,
-            } => self.on_send(room, text, client_offset).await,
+            } => Box::pin(self.on_send(room, text, client_offset)).await,
             ClientFrame::Join {
                 room,
                 server_offset,

@@ -105,7 +105,9 @@ pub async fn timed<F: Future<Output = Result<(), axum::Error>>>(write: F) -> Res
     let mut write = std::pin::pin!(write);
     let outcome = match write.as_mut().now_or_never() {
         Some(result) => Ok(result),
-        None => tokio::time::timeout(WRITE_TIMEOUT, write).await,
+        // Boxed: the timer only exists on this slow path, so it should not
+        // take room in every future that writes.
+        None => Box::pin(tokio::time::timeout(WRITE_TIMEOUT, write)).await,
     };
     match outcome {
         Ok(Ok(())) => Ok(()),
