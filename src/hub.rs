@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Utf8Bytes;
 use serde_json::json;
 use tokio::sync::{Notify, broadcast};
+use tungstenite::Utf8Bytes;
 
 use crate::presence::{self, Change, RoomPresence, Snapshot};
 use crate::protocol::{ChatMessage, message_frame};

@@ -2,8 +2,8 @@
 
 use axum::Router;
 use std::net::SocketAddr;
+use tungstenite::protocol::WebSocketConfig;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -90,7 +90,7 @@ async fn upgrade(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    upgrade: crate::ws::Upgrade,
 ) -> Response {
     if let Err(reason) = check_origin(&headers, &app.config.allowed_origins) {
         tracing::info!(reason, "refused a WebSocket upgrade");
@@ -120,12 +120,19 @@ async fn upgrade(
         }
     };
     let max = app.config.max_frame_bytes;
-    let tracker = app.tracker.clone();
-    ws.read_buffer_size(WS_READ_BUFFER)
+    let config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
-        .max_frame_size(max)
-        .max_message_size(max)
-        .on_upgrade(move |socket| tracker.track_future(crate::ws::serve(socket, app, permit)))
+        .max_frame_size(Some(max))
+        .max_message_size(Some(max));
+    let tracker = app.tracker.clone();
+    upgrade.answer(move |handover| {
+        tracker.track_future(async move {
+            if let Some(socket) = handover.socket(config).await {
+                crate::ws::serve(socket, app, permit).await;
+            }
+        })
+    })
 }
 
 /// Cross-site WebSocket hijacking defence: a browser always sends Origin, so

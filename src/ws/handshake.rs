@@ -1,11 +1,11 @@
 //! The handshake: wait for a valid `hello` within the deadline, check the access token.
 
-use axum::extract::ws::WebSocket;
+use futures_util::StreamExt;
 use subtle::ConstantTimeEq;
 use tokio::time::{Instant, sleep_until};
 
 use super::socket::{
-    CLOSE_POLICY, End, Incoming, incoming, send_error, send_text, unsupported_binary,
+    CLOSE_POLICY, End, Incoming, Socket, incoming, send_error, send_text, unsupported_binary,
 };
 use crate::AppState;
 use crate::error::{ClientError, ErrorCode};
@@ -13,11 +13,11 @@ use crate::protocol::{self, ClientFrame, Decoded, Hello};
 
 /// Wait for a valid `hello`, answering anything else with an error (the
 /// client may correct itself within the same deadline).
-pub async fn handshake(socket: &mut WebSocket, app: &AppState) -> Result<Hello, End> {
+pub async fn handshake(socket: &mut Socket, app: &AppState) -> Result<Hello, End> {
     let deadline = Instant::now() + app.config.handshake_timeout();
     loop {
         let message = tokio::select! {
-            message = socket.recv() => message,
+            message = socket.next() => message,
             () = sleep_until(deadline) => return Err(End::Close(CLOSE_POLICY, "no valid hello in time")),
             () = app.shutdown.cancelled() => return Err(End::shutting_down()),
         };

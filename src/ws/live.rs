@@ -11,9 +11,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::ws::{Message, Utf8Bytes};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tungstenite::{Message, Utf8Bytes};
 
 use super::Connection;
 use super::rooms::{presence_frame, store_failed};
@@ -148,7 +148,7 @@ impl Connection {
                 state.last_id = message.id;
                 self.max_delivered = self.max_delivered.max(message.id);
                 let frame = protocol::message_frame(message);
-                timed(self.socket.feed(Message::Text(frame.into()))).await?;
+                feed(&mut self.socket, Message::Text(frame.into())).await?;
                 replayed += 1;
             }
             if (page.len() as i64) < CATCH_UP_PAGE {

@@ -16,23 +16,25 @@ mod handshake;
 mod live;
 mod rooms;
 mod socket;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::{Instant, sleep_until};
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::BroadcastStream;
+use tungstenite::Message;
 
 pub use handshake::token_matches;
+pub use upgrade::Upgrade;
 
 use self::rooms::RoomState;
 use self::socket::{
-    CLOSE_NORMAL, End, Incoming, feed, finish, incoming, send_error, send_text, timed,
+    CLOSE_NORMAL, End, Incoming, Socket, feed, finish, incoming, send_error, send_text, timed,
     unsupported_binary,
 };
 use crate::AppState;
@@ -53,7 +55,7 @@ const WRITE_READY_ROUNDS: usize = 8;
 type AckFuture = Pin<Box<dyn Future<Output = String> + Send>>;
 
 struct Connection {
-    socket: WebSocket,
+    socket: Socket,
     app: AppState,
     nick: String,
     handle: Handle,
@@ -72,7 +74,7 @@ struct Connection {
 /// the task holds a pointer to it instead of moved-from copies of the socket.
 /// `permit` is the connection's place under the admission limits, given back
 /// when the connection is dropped.
-pub fn serve(socket: WebSocket, app: AppState, permit: Permit) -> impl Future<Output = ()> + Send {
+pub fn serve(socket: Socket, app: AppState, permit: Permit) -> impl Future<Output = ()> + Send {
     let handle = app.hub.connect();
     let conn = Box::new(Connection {
         socket,
@@ -139,7 +141,7 @@ impl Connection {
             // boxed, so the idle connection's future stays small.
             let wake = tokio::select! {
                 () = &mut shutdown => return End::shutting_down(),
-                message = self.socket.recv() => {
+                message = self.socket.next() => {
                     idle_deadline = Instant::now() + idle_timeout;
                     Wake::Incoming(message)
                 }
@@ -408,7 +410,7 @@ fn ack_or_error(client_offset: Option<&str>, outcome: Result<Appended, StoreErro
 
 /// What woke a connection's loop.
 enum Wake {
-    Incoming(Option<Result<Message, axum::Error>>),
+    Incoming(Option<Result<Message, tungstenite::Error>>),
     Live(live::Event),
     Ack(String),
     Direct,

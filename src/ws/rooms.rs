@@ -3,12 +3,12 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use axum::extract::ws::{Message, Utf8Bytes};
 use futures_util::SinkExt;
 use tokio_stream::wrappers::BroadcastStream;
+use tungstenite::{Message, Utf8Bytes};
 
 use super::Connection;
-use super::socket::{CLOSE_INTERNAL, End, send_text, timed};
+use super::socket::{CLOSE_INTERNAL, End, feed, send_text, timed};
 use crate::presence::{self, Change, PresenceView, Snapshot};
 use crate::protocol::{self, ChatMessage};
 use crate::store::StoreError;
@@ -236,7 +236,7 @@ impl Connection {
             };
             if let Some(message) = next {
                 let frame = protocol::message_frame(&message);
-                timed(self.socket.feed(Message::Text(frame.into()))).await?;
+                feed(&mut self.socket, Message::Text(frame.into())).await?;
                 self.note_delivered(&message.room, message.id);
                 written += 1;
             }
@@ -257,7 +257,7 @@ impl Connection {
     async fn write_messages(&mut self, room: &str, messages: &[ChatMessage]) -> Result<(), End> {
         for message in messages {
             let frame = protocol::message_frame(message);
-            timed(self.socket.feed(Message::Text(frame.into()))).await?;
+            feed(&mut self.socket, Message::Text(frame.into())).await?;
             self.note_delivered(room, message.id);
         }
         metrics::counter!(crate::metrics::REPLAYED).increment(messages.len() as u64);

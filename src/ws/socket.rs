@@ -2,11 +2,28 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{FutureExt, SinkExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::error::{ClientError, ErrorCode};
 use crate::protocol;
+
+/// A client's WebSocket, over the connection hyper upgraded.
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Longest frame natter writes; a longer message goes out as a text frame
+/// and continuation frames of at most this size (RFC 6455 section 5.4),
+/// which every client reassembles. Why: tungstenite keeps its write buffer
+/// at the largest size it ever had to hold, for as long as the connection is
+/// open, so one `presence` of a room with a thousand members would otherwise
+/// cost that connection some 36 KiB until it closes.
+pub const FRAGMENT: usize = 2 * 1024;
 
 /// Close codes (RFC 6455 section 7.4.1).
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -41,11 +58,12 @@ pub enum Incoming {
     End(End),
 }
 
-pub fn incoming(message: Option<Result<Message, axum::Error>>) -> Incoming {
+pub fn incoming(message: Option<Result<Message, tungstenite::Error>>) -> Incoming {
     match message {
         Some(Ok(Message::Text(text))) => Incoming::Text(text),
         Some(Ok(Message::Binary(_))) => Incoming::Binary,
-        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Incoming::Control,
+        // tungstenite never returns a raw frame from a read.
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Incoming::Control,
         Some(Ok(Message::Close(_))) | None => Incoming::End(End::Gone),
         Some(Err(e)) => {
             if is_too_big(&e) {
@@ -60,15 +78,8 @@ pub fn incoming(message: Option<Result<Message, axum::Error>>) -> Incoming {
 
 /// tungstenite reports a frame over `max_frame_size` as a capacity error
 /// while reading its header, before the payload is buffered.
-fn is_too_big(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(error) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = error.downcast_ref::<tungstenite::Error>() {
-            return true;
-        }
-        source = error.source();
-    }
-    false
+fn is_too_big(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Capacity(_))
 }
 
 pub fn unsupported_binary() -> ClientError {
@@ -78,17 +89,62 @@ pub fn unsupported_binary() -> ClientError {
     )
 }
 
-pub async fn send_text(socket: &mut WebSocket, text: Utf8Bytes) -> Result<(), End> {
-    timed(socket.send(Message::Text(text))).await
+/// Write a text frame now (with anything queued before it).
+pub async fn send_text(socket: &mut Socket, text: Utf8Bytes) -> Result<(), End> {
+    feed(socket, Message::Text(text)).await?;
+    timed(socket.flush()).await
 }
 
-/// Queue a frame behind the others; it goes out with the caller's flush.
-pub async fn feed(socket: &mut WebSocket, message: Message) -> Result<(), End> {
-    timed(socket.feed(message)).await
+/// Queue a message behind the others; it goes out with the caller's flush.
+pub async fn feed(socket: &mut Socket, message: Message) -> Result<(), End> {
+    match message {
+        Message::Text(text) if text.len() > FRAGMENT => {
+            Box::pin(feed_fragments(socket, text)).await
+        }
+        message => timed(socket.feed(message)).await,
+    }
+}
+
+/// A long text message as frames of at most `FRAGMENT` bytes, each cut at a
+/// character boundary so every frame is valid UTF-8 on its own too.
+async fn feed_fragments(socket: &mut Socket, text: Utf8Bytes) -> Result<(), End> {
+    let cuts = fragment_ends(text.as_str());
+    let bytes = Bytes::from(text);
+    let mut start = 0;
+    for end in cuts {
+        let opcode = if start == 0 {
+            Data::Text
+        } else {
+            Data::Continue
+        };
+        let frame = Frame::message(
+            bytes.slice(start..end),
+            OpCode::Data(opcode),
+            end == bytes.len(),
+        );
+        timed(socket.feed(Message::Frame(frame))).await?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// Where each fragment of `text` ends.
+fn fragment_ends(text: &str) -> Vec<usize> {
+    let mut ends = Vec::with_capacity(text.len() / FRAGMENT + 1);
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + FRAGMENT).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        ends.push(end);
+        start = end;
+    }
+    ends
 }
 
 pub async fn send_error(
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     error: &ClientError,
     reference: Option<&str>,
 ) -> Result<(), End> {
@@ -101,7 +157,9 @@ pub async fn send_error(
 /// Almost every write completes at once (it only fills tungstenite's buffer,
 /// or the kernel's): the timer is armed only for one that has to wait, which
 /// keeps a timer-wheel insertion and a clock read off every delivered frame.
-pub async fn timed<F: Future<Output = Result<(), axum::Error>>>(write: F) -> Result<(), End> {
+pub async fn timed<F: Future<Output = Result<(), tungstenite::Error>>>(
+    write: F,
+) -> Result<(), End> {
     let mut write = std::pin::pin!(write);
     let outcome = match write.as_mut().now_or_never() {
         Some(result) => Ok(result),
@@ -116,10 +174,10 @@ pub async fn timed<F: Future<Output = Result<(), axum::Error>>>(write: F) -> Res
 }
 
 /// Say goodbye with a close frame where there is a reason to give.
-pub async fn finish(mut socket: WebSocket, end: End) {
+pub async fn finish(mut socket: Socket, end: End) {
     if let End::Close(code, reason) = end {
         let frame = CloseFrame {
-            code,
+            code: code.into(),
             reason: reason.into(),
         };
         let _ = tokio::time::timeout(
@@ -127,5 +185,25 @@ pub async fn finish(mut socket: WebSocket, end: End) {
             socket.send(Message::Close(Some(frame))),
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fragments_cover_the_text_and_cut_only_at_character_boundaries() {
+        // 3-byte characters, so a plain FRAGMENT-byte cut would split one.
+        let text = "€".repeat(FRAGMENT);
+        let ends = fragment_ends(&text);
+
+        assert_eq!(ends.last(), Some(&text.len()));
+        let mut start = 0;
+        for end in ends {
+            assert!(end > start && end - start <= FRAGMENT);
+            assert!(text.is_char_boundary(end));
+            start = end;
+        }
     }
 }

@@ -6,8 +6,13 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameSocket};
 
 use crate::helpers::{Client, Event, Server, WAIT};
+
+/// The largest frame the server writes (`socket::FRAGMENT`).
+const MAX_SERVER_FRAME: usize = 2 * 1024;
 
 #[tokio::test]
 async fn binary_frame_gets_unsupported_and_connection_stays_open() {
@@ -209,4 +214,132 @@ async fn unknown_path_is_a_json_404() {
     assert_eq!(response.status(), 404);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn a_plain_get_on_the_websocket_path_is_a_json_400() {
+    let server = Server::start(&[]);
+
+    let response = reqwest::get(server.http("/ws")).await.unwrap();
+
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+}
+
+#[tokio::test]
+async fn an_unsupported_websocket_version_gets_426_naming_version_13() {
+    let server = Server::start(&[]);
+
+    let response = raw_upgrade(&server, "8");
+
+    assert!(response.starts_with("HTTP/1.1 426"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("sec-websocket-version: 13"),
+        "{response}"
+    );
+}
+
+#[tokio::test]
+async fn a_long_message_arrives_whole_in_frames_of_at_most_2_kib() {
+    let server = Server::start(&[]);
+    let (mut alice, _) = server.joined("alice", &["general"]).await;
+    // 4,000 three-byte characters: 12,000 bytes of text, cut at character
+    // boundaries into several frames.
+    let text = "€".repeat(4_000);
+    alice.say("general", &text, "long-1").await;
+
+    let stream = raw_upgrade_stream(&server);
+    let mut frames = FrameSocket::new(stream);
+    let mut hello = Frame::message(
+        r#"{"type":"hello","nick":"bob","rooms":["general"]}"#
+            .as_bytes()
+            .to_vec(),
+        OpCode::Data(Data::Text),
+        true,
+    );
+    hello.header_mut().mask = Some([1, 2, 3, 4]);
+    frames.send(hello).unwrap();
+
+    // Reassemble messages by hand, checking each frame on the way.
+    let mut pieces = 0;
+    let mut message: Vec<u8> = Vec::new();
+    let mut long = None;
+    for _ in 0..200 {
+        let frame = frames.read(None).unwrap().expect("the server closed");
+        let header = frame.header().clone();
+        let payload = frame.into_payload();
+        assert!(
+            payload.len() <= MAX_SERVER_FRAME,
+            "a {} byte frame",
+            payload.len()
+        );
+        match header.opcode {
+            OpCode::Data(Data::Text) => message = payload.to_vec(),
+            OpCode::Data(Data::Continue) => message.extend_from_slice(&payload),
+            _ => continue,
+        }
+        pieces += 1;
+        if !header.is_final {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_slice(&message).expect("whole JSON");
+        if value["type"] == "synced" {
+            break;
+        }
+        if value["type"] == "message" {
+            long = Some((value, pieces));
+        }
+        pieces = 0;
+    }
+
+    let (value, pieces) = long.expect("the long message was replayed");
+    assert_eq!(value["text"], text.as_str());
+    assert!(pieces >= 6, "12,000 bytes came in {pieces} frame(s)");
+}
+
+/// A hand-made upgrade request over a plain TCP stream: the response head.
+fn raw_upgrade(server: &Server, version: &str) -> String {
+    let (_, head) = raw_upgrade_with(server, version);
+    head
+}
+
+/// An upgraded TCP stream, for reading the server's frames one by one.
+fn raw_upgrade_stream(server: &Server) -> std::net::TcpStream {
+    let (stream, head) = raw_upgrade_with(server, "13");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream
+}
+
+fn raw_upgrade_with(server: &Server, version: &str) -> (std::net::TcpStream, String) {
+    use std::io::{Read, Write};
+    let url = server.ws_url();
+    let authority = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut stream = std::net::TcpStream::connect(&authority).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "GET /ws HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+    )
+    .unwrap();
+    // Byte by byte, so nothing after the head is consumed.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).unwrap(),
+            1,
+            "connection closed in the head"
+        );
+        head.push(byte[0]);
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
 }
