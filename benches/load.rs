@@ -5,7 +5,7 @@
 //! CPU time and memory from `/proc`, store commits from `/metrics`).
 //!
 //! ```text
-//! cargo bench --bench load -- ingest   [--clients 50] [--in-flight 10] [--messages 2000]
+//! cargo bench --bench load -- ingest   [--clients 50] [--in-flight 10] [--messages 5000]
 //! cargo bench --bench load -- fanout   [--subscribers 1000] [--publishers 5] [--rate 500] [--duration-s 10]
 //! cargo bench --bench load -- idle     [--connections 10000] [--rooms 10]
 //! cargo bench --bench load -- recovery [--messages 10000]        # and --messages 100000
@@ -175,7 +175,7 @@ struct IngestArgs {
     #[arg(long = "in-flight", default_value_t = 10)]
     in_flight: usize,
     /// Messages each client sends (M).
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 5_000)]
     messages: u64,
     /// Bytes of text per message.
     #[arg(long = "text-bytes", default_value_t = 64)]

@@ -1,16 +1,26 @@
 //! One WebSocket connection: handshake, the live loop, requests (send, join, leave, history, typing, draft) and clean close.
 //!
 //! # Layout
+//! - `upgrade`: the HTTP upgrade and the socket behind it.
 //! - `handshake`: waiting for a valid `hello`, the token check.
 //! - `rooms`: join (subscribe, replay, presence, draft), leave.
 //! - `live`: live delivery in global id order, catch-up after a lag.
-//! - `socket`: reads, timed writes, close codes.
+//! - `socket`: reads, timed writes, fragmenting long messages, close codes.
 //! - this file: the connection task and its requests.
 //!
 //! Each connection is one task that owns its socket and `select!`s over the
-//! client's frames, its rooms' live channels, its direct channel (draft
-//! echoes), its pending acks, the ping timer, the idle deadline and server
-//! shutdown. Nothing here holds a lock across an `.await`.
+//! client's frames, its rooms' live channels, its direct inbox (draft
+//! echoes), its pending acks, one keepalive timer (pings and the idle
+//! deadline) and server shutdown. Whatever woke it, it then writes
+//! everything else that is ready and flushes once. Nothing here holds a lock
+//! across an `.await`.
+//!
+//! # Memory
+//! Every open connection pays for this task's idle state, so it is kept
+//! small on purpose: the state lives in one box, and every long or rare path
+//! (the handshake, a join's replay, a frame's handling) is boxed where it is
+//! awaited rather than laid out inside the task. `docs/BENCHMARKS.md` has the
+//! measured cost per connection.
 
 mod handshake;
 mod live;
