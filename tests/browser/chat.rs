@@ -207,3 +207,26 @@ async fn html_in_messages_is_shown_as_text() {
     let title: String = alice.eval("document.title").await;
     assert!(!title.contains('<'), "title {title:?}");
 }
+
+/// A message far longer than one WebSocket frame (the server sends anything
+/// over 2 KiB as several) shows whole, once, in another browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_message_arrives_whole_in_another_browser() {
+    let Some(exe) = chromium() else { return };
+    let server = Server::start();
+    let (alice_browser, bob_browser) = tokio::join!(Chrome::launch(&exe), Chrome::launch(&exe));
+    let alice = alice_browser.open_chat(&server, "alice").await;
+    let bob = bob_browser.open_chat(&server, "bob").await;
+
+    // The default limit of 4,000 characters, three bytes each in UTF-8.
+    let long = "€".repeat(3_999) + "!";
+    alice.send(&long).await;
+
+    bob.wait_for(
+        "alice's long message in bob's page",
+        &one_stored("alice", &long),
+    )
+    .await;
+    assert_eq!(bob.count(&long).await, 1, "{}", bob.describe().await);
+    assert_eq!(server.count_rows(&long), 1);
+}
