@@ -9,7 +9,7 @@
 //! Presence changes mark the room dirty; `tick` (every `PRESENCE_TICK`) sends
 //! one `presence_diff` per dirty room, so a burst of joins costs each
 //! connection a few frames. Drafts go only to the same nick's other
-//! connections, through each connection's direct channel.
+//! connections, through each connection's direct inbox.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

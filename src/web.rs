@@ -2,7 +2,6 @@
 
 use axum::Router;
 use std::net::SocketAddr;
-use tungstenite::protocol::WebSocketConfig;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -10,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 use tower_http::set_header::SetResponseHeaderLayer;
+use tungstenite::protocol::WebSocketConfig;
 
 use crate::AppState;
 use crate::admission::{Refusal, client_ip};
