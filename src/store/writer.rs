@@ -59,16 +59,17 @@ pub enum Command {
 impl Command {
     /// Tell the requester its command was not stored.
     fn fail(self, error: &str) {
-        let error = StoreError::Write(error.to_string());
         match self {
-            Command::Append { reply, .. } => {
-                let _ = reply.send(Err(error));
-            }
-            Command::SaveDrafts { reply, .. } => {
-                let _ = reply.send(Err(error));
-            }
+            Command::Append { reply, .. } => answer_failed(reply, error),
+            Command::SaveDrafts { reply, .. } => answer_failed(reply, error),
         }
     }
+}
+
+/// Answer a requester whose command was not stored (the requester may have
+/// gone; then there is nobody to tell).
+fn answer_failed<T>(reply: oneshot::Sender<Result<T, StoreError>>, error: &str) {
+    let _ = reply.send(Err(StoreError::Write(error.to_string())));
 }
 
 pub fn spawn(
@@ -115,14 +116,9 @@ enum Pending {
 impl Pending {
     /// The transaction rolled back: nothing this command did was stored.
     fn fail(self, error: &str) {
-        let error = StoreError::Write(error.to_string());
         match self {
-            Pending::Append { reply, .. } => {
-                let _ = reply.send(Err(error));
-            }
-            Pending::Drafts { reply, .. } => {
-                let _ = reply.send(Err(error));
-            }
+            Pending::Append { reply, .. } => answer_failed(reply, error),
+            Pending::Drafts { reply, .. } => answer_failed(reply, error),
         }
     }
 }
@@ -249,7 +245,7 @@ fn write_batch(
                     }),
                 }),
                 Err(e) => {
-                    let _ = reply.send(Err(StoreError::Write(e.to_string())));
+                    answer_failed(reply, &e.to_string());
                     Err(e)
                 }
             },
@@ -259,7 +255,7 @@ fn write_batch(
                     rows: drafts.len(),
                 }),
                 Err(e) => {
-                    let _ = reply.send(Err(StoreError::Write(e.to_string())));
+                    answer_failed(reply, &e.to_string());
                     Err(e)
                 }
             },
