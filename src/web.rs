@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 use tower_http::set_header::SetResponseHeaderLayer;
-use tungstenite::protocol::WebSocketConfig;
 
 use crate::AppState;
 use crate::admission::{Refusal, client_ip};
@@ -19,16 +18,6 @@ const INDEX_HTML: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
 const STYLE_CSS: &str = include_str!("../assets/style.css");
 const FAVICON_SVG: &str = include_str!("../assets/favicon.svg");
-
-/// WebSocket buffers per connection, kept small because every open connection
-/// holds them (idle ones too). Reads: chat frames are small JSON, and a larger
-/// frame grows the buffer as needed; tungstenite's default of 128 KiB would
-/// dominate an idle connection. Writes: frames are written out in chunks of at
-/// least this much, which still batches a burst of deliveries into few
-/// syscalls; tungstenite keeps the buffer's capacity at the largest chunk it
-/// held, so a bigger target costs every connection that much memory.
-const WS_READ_BUFFER: usize = 1024;
-const WS_WRITE_BUFFER: usize = 1024;
 
 /// The page may only talk to this server and run its own script, so even a
 /// rendering bug cannot load or run anything from elsewhere.
@@ -119,16 +108,11 @@ async fn upgrade(
             );
         }
     };
-    let max = app.config.max_frame_bytes;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(WS_WRITE_BUFFER)
-        .max_frame_size(Some(max))
-        .max_message_size(Some(max));
+    let max_frame_bytes = app.config.max_frame_bytes;
     let tracker = app.tracker.clone();
     upgrade.answer(move |handover| {
         tracker.track_future(async move {
-            if let Some(socket) = handover.socket(config).await {
+            if let Some(socket) = handover.socket(max_frame_bytes).await {
                 crate::ws::serve(socket, app, permit).await;
             }
         })

@@ -6,9 +6,9 @@ use futures_util::{FutureExt, SinkExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
-use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::error::{ClientError, ErrorCode};
@@ -24,6 +24,26 @@ pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 /// open, so one `presence` of a room with a thousand members would otherwise
 /// cost that connection some 36 KiB until it closes.
 pub const FRAGMENT: usize = 2 * 1024;
+
+/// WebSocket buffers per connection, kept small because every open connection
+/// holds them (idle ones too). Reads: chat frames are small JSON, and a larger
+/// frame grows the buffer as needed; tungstenite's default of 128 KiB would
+/// dominate an idle connection. Writes: frames are written out in chunks of at
+/// least this much, which still batches a burst of deliveries into few
+/// syscalls; tungstenite keeps the buffer's capacity at the largest chunk it
+/// held, so a bigger target costs every connection that much memory.
+const READ_BUFFER: usize = 1024;
+const WRITE_BUFFER: usize = 1024;
+
+/// How every connection's WebSocket is set up: small buffers, and frames
+/// (and messages) from the client limited to `max_frame_bytes`.
+pub fn config(max_frame_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_frame_size(Some(max_frame_bytes))
+        .max_message_size(Some(max_frame_bytes))
+}
 
 /// Close codes (RFC 6455 section 7.4.1).
 pub const CLOSE_NORMAL: u16 = 1000;

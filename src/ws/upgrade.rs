@@ -13,9 +13,9 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 
-use super::socket::Socket;
+use super::socket::{self, Socket};
 use crate::web::error_response;
 
 /// A valid upgrade request, not yet answered.
@@ -74,14 +74,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 }
 
 impl Upgrade {
-    /// The `101 Switching Protocols` answer. Once hyper has sent it, the
-    /// connection is handed to `serve`, which `spawn` runs as a task.
-    pub fn answer<F, Fut>(self, spawn: F) -> Response
+    /// The `101 Switching Protocols` answer. The future `serve` makes of the
+    /// connection runs as a task of its own, and gets the socket once hyper
+    /// has sent the answer.
+    pub fn answer<F, Fut>(self, serve: F) -> Response
     where
         F: FnOnce(Handover) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        tokio::spawn(spawn(Handover(self.on_upgrade)));
+        tokio::spawn(serve(Handover(self.on_upgrade)));
         (
             StatusCode::SWITCHING_PROTOCOLS,
             [
@@ -100,16 +101,13 @@ pub struct Handover(OnUpgrade);
 impl Handover {
     /// The WebSocket over the upgraded connection, or `None` if the client
     /// went away before the upgrade completed.
-    pub async fn socket(self, config: WebSocketConfig) -> Option<Socket> {
+    pub async fn socket(self, max_frame_bytes: usize) -> Option<Socket> {
         match self.0.await {
-            Ok(upgraded) => Some(
-                WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await,
-            ),
+            Ok(upgraded) => {
+                let config = socket::config(max_frame_bytes);
+                let stream = TokioIo::new(upgraded);
+                Some(WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await)
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "websocket upgrade did not complete");
                 None
