@@ -193,15 +193,20 @@ impl Connection {
             },
             Wake::Live(event) => self.on_live(event).await?,
             Wake::Ack(frame) => feed(&mut self.socket, Message::Text(frame.into())).await?,
-            Wake::Direct => {} // taken by `write_ready`
+            Wake::Direct => {
+                for frame in self.handle.direct.take() {
+                    feed(&mut self.socket, Message::Text(frame)).await?;
+                }
+            }
             Wake::Ping => feed(&mut self.socket, Message::Ping(Default::default())).await?,
         }
         self.write_ready().await
     }
 
-    /// Queue every ack, draft echo and live event that is ready now, without
-    /// waiting for anything, then flush: one write to the kernel carries
-    /// them all, instead of one per frame.
+    /// Queue every ack and live event that is ready now, without waiting for
+    /// anything, then flush: one write to the kernel carries them all,
+    /// instead of one per frame. (Draft echoes are rare and wake the loop
+    /// themselves, so the inbox's lock stays off this path.)
     async fn write_ready(&mut self) -> Result<(), End> {
         // Bounded, so a room that never stops talking cannot keep this task
         // from yielding; what is left wakes the loop again at once.
@@ -209,10 +214,6 @@ impl Connection {
             let mut wrote = false;
             while let Some(Some(frame)) = self.acks.next().now_or_never() {
                 feed(&mut self.socket, Message::Text(frame.into())).await?;
-                wrote = true;
-            }
-            for frame in self.handle.direct.take() {
-                feed(&mut self.socket, Message::Text(frame)).await?;
                 wrote = true;
             }
             let event = tokio::task::unconstrained(self.live.next()).now_or_never();
