@@ -77,23 +77,22 @@ impl Connection {
         room: &str,
         event: Result<RoomEvent, BroadcastStreamRecvError>,
     ) -> Option<Utf8Bytes> {
-        let state = self.rooms.get_mut(room)?;
+        // Events of a room left meanwhile are dropped.
         match event {
-            Ok(RoomEvent::Message { id, frame }) => {
-                if id <= state.last_id {
-                    return None; // already replayed or caught up
-                }
-                state.last_id = id;
-                self.max_delivered = self.max_delivered.max(id);
-                Some(frame)
-            }
+            // Not owed when already replayed or caught up.
+            Ok(RoomEvent::Message { id, frame }) => self.claim(room, id).then_some(frame),
             Ok(RoomEvent::Presence {
                 seq,
                 viewers,
                 window,
                 frame,
-            }) => presence_frame(room, state, seq, viewers, &window, frame),
-            Ok(RoomEvent::Typing { nick, frame }) => (*nick != *self.nick).then_some(frame),
+            }) => {
+                let state = self.rooms.get_mut(room)?;
+                presence_frame(room, state, seq, viewers, &window, frame)
+            }
+            Ok(RoomEvent::Typing { nick, frame }) => {
+                (self.rooms.contains_key(room) && *nick != *self.nick).then_some(frame)
+            }
             // Handled by `catch_up` before the batch is written.
             Err(BroadcastStreamRecvError::Lagged(_)) => None,
         }
@@ -139,14 +138,9 @@ impl Connection {
             let Some(last) = page.last() else { break };
             after = last.id;
             for message in &page {
-                let Some(state) = self.rooms.get_mut(&message.room) else {
-                    continue;
-                };
-                if message.id <= state.last_id {
+                if !self.claim(&message.room, message.id) {
                     continue;
                 }
-                state.last_id = message.id;
-                self.max_delivered = self.max_delivered.max(message.id);
                 let frame = protocol::message_frame(message);
                 feed(&mut self.socket, Message::Text(frame.into())).await?;
                 replayed += 1;

@@ -274,10 +274,23 @@ impl Connection {
     }
 
     fn note_delivered(&mut self, room: &str, id: i64) {
-        if let Some(state) = self.rooms.get_mut(room) {
-            state.last_id = state.last_id.max(id);
-        }
+        self.note_synced(room, id);
         self.max_delivered = self.max_delivered.max(id);
+    }
+
+    /// Whether message `id` of `room` is still owed to this connection (a
+    /// joined room, above what it already has). If so it counts as delivered
+    /// from now on, and the caller writes it.
+    pub(super) fn claim(&mut self, room: &str, id: i64) -> bool {
+        // One lookup: this runs for every live delivery.
+        match self.rooms.get_mut(room) {
+            Some(state) if id > state.last_id => {
+                state.last_id = id;
+                self.max_delivered = self.max_delivered.max(id);
+                true
+            }
+            _ => false,
+        }
     }
 }
 
