@@ -1,6 +1,13 @@
-//! The error catalogue: stable codes a client can act on, shared by the WebSocket and HTTP sides.
+//! The error catalogue: every code a client can see, WebSocket and HTTP alike, with its HTTP status.
+//!
+//! Handlers never type a code as a string: they build a `ClientError` from
+//! an `ErrorCode`, and the WebSocket side sends it as an `error` frame
+//! (section 8) while the HTTP side answers `{"error":{"code","message"}}`
+//! with `ErrorCode::status` (section 9).
 
 use std::fmt;
+
+use axum::http::StatusCode;
 
 /// One error a client can receive. The code is part of the protocol (section 8);
 /// the message is for humans and never carries an internal error's text.
@@ -23,6 +30,10 @@ pub enum ErrorCode {
     Unauthorized,
     Unsupported,
     Internal,
+    /// HTTP only: no such path, room or resource.
+    NotFound,
+    /// HTTP only: the server is at its connection limit.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -39,6 +50,27 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Internal => "internal",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+
+    /// The HTTP status that goes with the code (section 9).
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::BadRequest
+            | ErrorCode::InvalidNick
+            | ErrorCode::InvalidRoom
+            | ErrorCode::Empty
+            | ErrorCode::NotJoined
+            | ErrorCode::TooManyRooms
+            | ErrorCode::Unsupported => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::TooLong => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

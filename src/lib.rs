@@ -1,19 +1,24 @@
 //! natter: a real-time chat server in one binary, with every message in SQLite.
 //!
 //! # Layout
+//! One-way data flow: socket → `protocol` → `messages` → `store` → `hub` →
+//! sockets. Each module's first comment says what it owns.
 //! - `config`: command line and environment.
-//! - `protocol`: the wire format, parsing and validation (no I/O).
-//! - `error`: the error codes clients see.
-//! - `store`: SQLite: the single writer thread (group commit) and the read pool.
-//! - `hub`: rooms in memory: live fan-out, presence, typing, draft echoes.
-//! - `presence`: one room's presence: members, grace period, coalesced diffs.
+//! - `protocol/`: the wire format: client frames parsed and validated,
+//!   server frames built (no I/O).
+//! - `error`: the error codes clients see, with their HTTP statuses.
+//! - `messages`: the path of every message, WebSocket or HTTP, into the store.
 //! - `drafts`: unsent text per (nick, room), written at most once a second.
-//! - `ws/`: one WebSocket connection: handshake, replay, live loop, requests.
-//! - `web`: HTTP routes, the compiled-in page, the Origin check.
-//! - `api`: the HTTP API under `/api` (history, posting).
-//! - `ratelimit`: the per-connection send limit.
-//! - `admission`: the client's address and the connection limits.
-//! - `metrics`: the Prometheus metrics of `/metrics`.
+//! - `store/`: the store boundary; `store/sqlite/` the embedded store (single
+//!   writer with group commit, read pool, migrations, backup).
+//! - `hub/`: rooms in memory: presence, and live fan-out into each
+//!   connection's inbox (messages, presence diffs, typing, draft echoes).
+//! - `ws/`: one WebSocket connection: upgrade, handshake, delivery (exactly
+//!   once, in id order), joins and replay, the live loop, requests.
+//! - `http/`: HTTP routes: the page, the API under `/api`, the Origin check,
+//!   connection admission, `/healthz`, `/metrics`.
+//! - `ratelimit`: the token bucket behind send and post limits.
+//! - `metrics`: metric names and the Prometheus rendering.
 //! - `shutdown`: SIGINT/SIGTERM.
 //!
 //! `App::open` opens the store; `App::serve` runs on a listener the caller
@@ -21,20 +26,21 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-pub mod admission;
-pub mod api;
+// The crate's public surface: what the binary, the tests and the fuzz
+// targets use. Everything else is the server's own.
 pub mod config;
-pub mod drafts;
 pub mod error;
-pub mod hub;
-pub mod metrics;
-pub mod presence;
 pub mod protocol;
-pub mod ratelimit;
 pub mod shutdown;
 pub mod store;
-pub mod web;
-pub mod ws;
+
+pub(crate) mod drafts;
+pub(crate) mod http;
+pub(crate) mod hub;
+pub(crate) mod messages;
+pub(crate) mod metrics;
+pub(crate) mod ratelimit;
+pub(crate) mod ws;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -44,27 +50,27 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::Admission;
 use crate::config::ServeConfig;
-use crate::drafts::{DRAFT_FLUSH, Drafts};
+use crate::drafts::Drafts;
+use crate::http::admission::Admission;
 use crate::hub::{Hub, PRESENCE_TICK};
 use crate::protocol::Limits;
-use crate::store::{Appended, NewMessage, Store, StoreError, WriterThread};
+use crate::store::{Closer, Store};
 
 /// How long shutdown waits for connections to say goodbye before exiting anyway.
 const CONNECTION_DRAIN: Duration = Duration::from_secs(10);
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
-pub struct AppState(Arc<Shared>);
+pub(crate) struct AppState(Arc<Shared>);
 
-pub struct Shared {
+pub(crate) struct Shared {
     pub config: ServeConfig,
     pub store: Store,
     pub hub: Arc<Hub>,
     pub drafts: Arc<Drafts>,
     /// HTTP post rate limits per client address.
-    pub post_limits: api::PostLimits,
+    pub post_limits: http::api::PostLimits,
     /// Connection limits, in total and per client address.
     pub admission: Admission,
     /// Cancelled when the server stops; every connection task watches it.
@@ -87,44 +93,12 @@ impl Shared {
             max_text_chars: self.config.max_text_chars,
         }
     }
-
-    /// The one path every message takes, from a WebSocket `send` or an HTTP
-    /// post: clear the sender's draft (telling its tabs other than `origin`),
-    /// then queue the message for the single writer, which assigns its id,
-    /// commits, broadcasts, and answers on the returned channel.
-    pub async fn submit(
-        &self,
-        room: String,
-        nick: String,
-        text: String,
-        client_offset: Option<String>,
-        origin: Option<u64>,
-    ) -> Result<Pending, StoreError> {
-        let clear_draft = self.drafts.clear(&nick, &room);
-        if clear_draft {
-            let frame = protocol::draft_frame(&room, "", store::now_ms());
-            self.hub
-                .to_other_tabs(&room, &nick, origin.unwrap_or(0), frame.into());
-        }
-        self.store
-            .append(NewMessage {
-                room,
-                nick,
-                text,
-                client_offset,
-                clear_draft,
-            })
-            .await
-    }
 }
-
-/// Resolves when the writer has stored (or found) the message.
-pub type Pending = tokio::sync::oneshot::Receiver<Result<Appended, StoreError>>;
 
 /// An opened store and hub, ready to serve.
 pub struct App {
     state: AppState,
-    writer: WriterThread,
+    closer: Closer,
 }
 
 impl App {
@@ -139,10 +113,10 @@ impl App {
                 store::display_path(&config.db).display()
             )
         };
-        let (store, writer) = store::open(
+        let (store, closer) = store::open(
             &config.db,
             config.max_db_mb.saturating_mul(1024 * 1024),
-            Box::new(move |message| publisher.publish(message)),
+            Box::new(move |messages| publisher.publish(messages)),
         )
         .map_err(cannot_open)?;
         let drafts = store
@@ -150,7 +124,7 @@ impl App {
             .map_err(|e| cannot_open(e.to_string()))?;
         let state = AppState(Arc::new(Shared {
             drafts: Arc::new(Drafts::load(drafts)),
-            post_limits: api::PostLimits::default(),
+            post_limits: http::api::PostLimits::default(),
             admission: Admission::new(config.max_connections, config.max_connections_per_ip),
             config,
             store,
@@ -158,7 +132,7 @@ impl App {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         }));
-        Ok(App { state, writer })
+        Ok(App { state, closer })
     }
 
     /// Serve until `shutdown` resolves, then stop cleanly: refuse new
@@ -168,7 +142,7 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let App { state, writer } = self;
+        let App { state, closer } = self;
         let token = state.shutdown.clone();
         let tracker = state.tracker.clone();
         let background = [
@@ -183,18 +157,10 @@ impl App {
         // between flushes once shutdown begins.
         let flusher = tokio::spawn({
             let state = state.clone();
-            async move {
-                let mut tick = tokio::time::interval(DRAFT_FLUSH);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => flush_drafts(&state).await,
-                        () = state.shutdown.cancelled() => break,
-                    }
-                }
-            }
+            async move { drafts::run_flusher(&state.drafts, &state.store, &state.shutdown).await }
         });
         let last_flush = state.clone();
-        let router = web::router(state);
+        let router = http::router(state);
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         // Small frames (a message, then its ack) must not wait for Nagle's
         // algorithm: without TCP_NODELAY each one can stall ~40 ms.
@@ -230,11 +196,11 @@ impl App {
         }
         let _ = flusher.await;
         // No connection can change a draft any more: write what is pending.
-        flush_drafts(&last_flush).await;
+        drafts::flush(&last_flush.drafts, &last_flush.store).await;
         drop(last_flush);
         // The router and every connection have dropped their store handles by
         // now; the writer commits what is queued and stops.
-        tokio::task::spawn_blocking(move || writer.join())
+        tokio::task::spawn_blocking(move || closer.close())
             .await
             .ok();
         tracing::info!("stopped");
@@ -249,18 +215,5 @@ async fn every(period: Duration, f: impl Fn()) {
     loop {
         tick.tick().await;
         f();
-    }
-}
-
-/// Write every draft changed since the last flush in one transaction. On
-/// failure the drafts stay dirty and the next flush tries again.
-async fn flush_drafts(state: &AppState) {
-    let rows = state.drafts.take_dirty();
-    if rows.is_empty() {
-        return;
-    }
-    if let Err(e) = state.store.save_drafts(rows.clone()).await {
-        tracing::warn!(error = %e, drafts = rows.len(), "could not save drafts; will retry");
-        state.drafts.restore_dirty(&rows);
     }
 }

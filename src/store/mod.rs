@@ -1,36 +1,30 @@
-//! The message store: a handle to one SQLite file, with a single writer thread and a pool of readers.
+//! The store boundary: everything natter asks of its database, and the types that cross it; no caller names the engine behind it.
 //!
 //! # Layout
-//! - `schema`: migrations, tracked in `PRAGMA user_version`.
-//! - `writer`: the thread that owns the only write connection and commits in
-//!   batches (group commit); it assigns ids, commits, then publishes, so ids are
-//!   committed and broadcast in one order.
-//! - `backup`: the consistent online copy behind `natter backup`.
-//! - this file: opening, pragmas, the read pool and the read queries.
+//! - `sqlite/`: the embedded store (one file, a single writer thread with
+//!   group commit, a pool of readers, migrations, `natter backup`).
+//! - this file: the `Store` handle the rest of the server holds, and the
+//!   types of what goes in and comes out.
 //!
-//! SQLite never runs on the async workers: writes go to the writer thread,
-//! reads run on the pool inside `spawn_blocking`.
+//! The one promise every engine keeps (section 3 of the protocol): ids are
+//! assigned, committed and published in one order, and `newest_id` rises
+//! only once everything up to it is committed, so a reader that goes up to
+//! `newest_id` can never skip an id that commits later. Publishing happens
+//! after the commit and before the ack, through the `Publish` callback the
+//! store is opened with; the store never imports the hub.
 
-mod backup;
-mod schema;
-mod writer;
+pub(crate) mod sqlite;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use r2d2::Pool;
-use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, OpenFlags, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::drafts::DraftRow;
 use crate::protocol::ChatMessage;
 
-pub use backup::{BackupReport, backup};
-pub use schema::latest_version as schema_version;
-pub use writer::{Appended, NewMessage, now_ms};
+pub use sqlite::backup::{BackupReport, backup};
+pub use sqlite::schema::latest_version as schema_version;
 
 /// Why a store operation failed. Callers log it and tell clients `internal`.
 #[derive(Debug)]
@@ -39,7 +33,7 @@ pub enum StoreError {
     Pool(r2d2::Error),
     /// A write transaction failed (disk full, read-only file, I/O error); it was rolled back.
     Write(String),
-    /// The writer thread has stopped (the server is shutting down).
+    /// The store has stopped (the server is shutting down).
     Closed,
 }
 
@@ -62,173 +56,147 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// Called by the writer thread for each newly committed message, in id order,
-/// before any ack for its batch is sent.
-pub type Publish = Box<dyn Fn(ChatMessage) + Send + 'static>;
+/// Runs once, right after the message it belongs to is committed and
+/// published, and only if it was newly stored (not for a duplicate, not for
+/// a rolled-back write).
+pub type AfterCommit = Box<dyn FnOnce() + Send + 'static>;
+
+/// A message to store, already validated.
+pub struct NewMessage {
+    pub room: String,
+    pub nick: String,
+    pub text: String,
+    pub client_offset: Option<String>,
+    /// The sender had a draft in this room: delete its row in the same
+    /// transaction, so a crash right after the ack cannot bring it back.
+    pub clear_draft: bool,
+    pub after_commit: Option<AfterCommit>,
+}
+
+/// What an append produced: the stored id and commit time, and whether the
+/// `clientOffset` was already stored (then nothing new was written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub id: i64,
+    pub ts: i64,
+    pub duplicate: bool,
+}
+
+/// One draft as stored; an empty `text` means "delete it".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DraftRow {
+    pub nick: String,
+    pub room: String,
+    pub text: String,
+    pub updated_at: i64,
+}
+
+/// One room that has messages, for `GET /api/rooms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomStats {
+    pub room: String,
+    pub messages: i64,
+    pub last_id: i64,
+}
+
+/// Called for each committed batch, with its new messages in id order,
+/// before any of the batch's acks is sent.
+pub type Publish = Box<dyn Fn(&[ChatMessage]) + Send + 'static>;
+
+/// Resolves when the store has stored (or found) the message.
+pub type Pending = oneshot::Receiver<Result<Appended, StoreError>>;
 
 /// Cheap to clone; every connection task holds one.
 #[derive(Clone)]
 pub struct Store {
-    // Field order is drop order: the readers close before the last sender
-    // lets the writer stop, so the writer's connection is the last one and
-    // SQLite folds the WAL back into the database file on a clean exit.
-    reads: Pool<SqliteConnectionManager>,
-    writes: mpsc::Sender<writer::Command>,
-    newest_id: Arc<AtomicI64>,
+    engine: sqlite::SqliteStore,
+    /// Made when the store was created (protocol "Store identity"); a
+    /// restored backup has another, so clients know their offsets are void.
+    store_id: Arc<str>,
 }
 
-/// Owns the writer thread; `close` waits until everything queued is committed.
-pub struct WriterThread(JoinHandle<()>);
+/// Stops the store once every `Store` handle is gone: everything queued is
+/// committed first.
+pub struct Closer(sqlite::WriterThread);
 
-impl WriterThread {
-    /// Blocks until the writer has drained its queue and closed the database.
+impl Closer {
+    /// Blocks until the store has committed everything queued and closed.
     /// Every `Store` handle must be dropped first, or this waits forever.
-    pub fn join(self) {
-        if self.0.join().is_err() {
-            tracing::error!("the writer thread panicked");
-        }
+    pub fn close(self) {
+        self.0.join();
     }
 }
 
-/// How many writes may wait for the writer before senders wait in turn.
-const WRITE_QUEUE: usize = 16_384;
-/// Readers: replay and history are short queries; a few cover two cores.
-const READ_POOL_SIZE: u32 = 4;
-/// How long a statement waits for a lock held by another process (a backup,
-/// the sqlite3 shell) before failing.
-const BUSY_TIMEOUT_MS: u32 = 5_000;
-
-/// Open (creating if missing) and migrate the database at `path`, start the
-/// writer thread. `max_bytes` (0: none) caps the file size: writes beyond it
-/// fail and are answered `internal`, as on a full disk. The error is one
-/// human line naming the cause.
-pub fn open(
-    path: &Path,
-    max_bytes: u64,
-    publish: Publish,
-) -> Result<(Store, WriterThread), String> {
-    let mut conn = open_writer_connection(path)?;
-    schema::migrate(&mut conn)?;
-    if max_bytes > 0 {
-        let page_size: i64 = conn
-            .query_row("PRAGMA page_size", [], |row| row.get(0))
-            .map_err(|e| e.to_string())?;
-        let pages = (max_bytes / page_size.max(512) as u64).max(1);
-        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
-            .map_err(|e| e.to_string())?;
-    }
-    let newest: i64 = conn
-        .query_row("SELECT coalesce(max(id), 0) FROM messages", [], |row| {
-            row.get(0)
-        })
-        .map_err(|e| e.to_string())?;
-
-    let manager = SqliteConnectionManager::file(path)
-        .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .with_init(|c| {
-            c.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
-            Ok(())
-        });
-    let reads = Pool::builder()
-        .max_size(READ_POOL_SIZE)
-        .min_idle(Some(1))
-        .build(manager)
-        .map_err(|e| format!("cannot open read connections: {e}"))?;
-
-    let newest_id = Arc::new(AtomicI64::new(newest));
-    let (writes, commands) = mpsc::channel(WRITE_QUEUE);
-    let thread = writer::spawn(conn, commands, publish, newest_id.clone())
-        .map_err(|e| format!("cannot start the writer thread: {e}"))?;
-    Ok((
-        Store {
-            reads,
-            writes,
-            newest_id,
-        },
-        WriterThread(thread),
-    ))
-}
-
-/// The write connection: WAL so readers never block the writer, and
-/// `synchronous=FULL` so a commit (and so an ack) survives power loss, not
-/// only a crash of the process. Group commit pays for the extra fsync.
-fn open_writer_connection(path: &Path) -> Result<Connection, String> {
-    if path.is_dir() {
-        return Err("it is a directory, not a file".into());
-    }
-    let conn = Connection::open(path).map_err(|e| e.to_string())?;
-    let setup = || -> rusqlite::Result<()> {
-        conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            tracing::warn!(%mode, "SQLite refused WAL mode; readers may wait for the writer");
-        }
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
-        Ok(())
-    };
-    setup().map_err(|e| e.to_string())?;
-    Ok(conn)
+/// Open (creating if missing) and migrate the store at `path`. `max_bytes`
+/// (0: none) caps its size: writes beyond it fail and are answered
+/// `internal`, as on a full disk. The error is one human line naming the cause.
+pub fn open(path: &Path, max_bytes: u64, publish: Publish) -> Result<(Store, Closer), String> {
+    let (engine, writer) = sqlite::open(path, max_bytes, publish)?;
+    let store_id = engine.store_id().map_err(|e| e.to_string())?.into();
+    Ok((Store { engine, store_id }, Closer(writer)))
 }
 
 impl Store {
-    /// The newest committed message id in the whole store (0 when empty).
+    /// The newest committed id in the whole store (0 when empty). Every id
+    /// up to it is committed.
     pub fn newest_id(&self) -> i64 {
-        self.newest_id.load(Ordering::Acquire)
+        self.engine.newest_id()
     }
 
-    /// Append one message through the writer. Resolves only after the row is
-    /// committed (or found already stored under the same `clientOffset`).
-    /// Returns a future so callers can pipeline several appends.
-    pub async fn append(
-        &self,
-        message: NewMessage,
-    ) -> Result<oneshot::Receiver<Result<Appended, StoreError>>, StoreError> {
-        let (reply, receiver) = oneshot::channel();
-        self.writes
-            .send(writer::Command::Append { message, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        Ok(receiver)
+    pub fn store_id(&self) -> &str {
+        &self.store_id
     }
 
-    /// Write drafts through the writer; resolves once they are committed.
+    /// Queue one message for storage. The returned receiver resolves only
+    /// after the row is committed (or found already stored under the same
+    /// `clientOffset`), so callers can pipeline several appends.
+    pub async fn append(&self, message: NewMessage) -> Result<Pending, StoreError> {
+        self.engine.append(message).await
+    }
+
+    /// Write drafts; resolves once they are committed.
     pub async fn save_drafts(&self, drafts: Vec<DraftRow>) -> Result<(), StoreError> {
-        let (reply, receiver) = oneshot::channel();
-        self.writes
-            .send(writer::Command::SaveDrafts { drafts, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        receiver.await.unwrap_or(Err(StoreError::Closed))
+        self.engine.save_drafts(drafts).await
     }
 
     /// Every stored draft, read once at startup.
     pub fn load_drafts(&self) -> Result<Vec<DraftRow>, StoreError> {
-        let conn = self.reads.get().map_err(StoreError::Pool)?;
-        let mut stmt = conn.prepare("SELECT nick, room, text, updated_at FROM drafts")?;
-        let rows = stmt.query_map([], |row| {
-            Ok(DraftRow {
-                nick: row.get(0)?,
-                room: row.get(1)?,
-                text: row.get(2)?,
-                updated_at: row.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        self.engine.load_drafts()
     }
 
-    /// Run a read on a pooled connection, off the async workers.
-    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    {
-        let pool = self.reads.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = pool.get().map_err(StoreError::Pool)?;
-            f(&conn).map_err(StoreError::Sqlite)
-        })
-        .await
-        .unwrap_or(Err(StoreError::Closed))
+    /// Whether the database answers (`/healthz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.engine.ping().await
+    }
+
+    /// The first `limit` committed messages, in id order across rooms, of
+    /// each room in `after` above its own id. They hold at least every such
+    /// message up to `upto` (an id at or below `newest_id`); whether they go
+    /// further is the engine's choice, and only ever by committed ids. The
+    /// one read behind every replay and catch-up: see `ws::delivery`.
+    pub async fn messages_after(
+        &self,
+        after: Vec<(Arc<str>, i64)>,
+        upto: i64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        if after.is_empty() {
+            return Ok(Vec::new());
+        }
+        // SQLite's single writer commits ids in order, so whatever a reader
+        // sees is a gapless prefix: it may read past `upto`.
+        let _ = upto;
+        self.engine.messages_after(after, limit).await
+    }
+
+    /// The point from which `room`'s newest `count` messages (at least up
+    /// to `upto`) follow: the id just under the oldest of them, or 0 when
+    /// the room has no more than `count`.
+    pub async fn recent_start(&self, room: &str, upto: i64, count: u32) -> Result<i64, StoreError> {
+        if count == 0 {
+            return Ok(upto);
+        }
+        self.engine.recent_start(room, count).await
     }
 
     /// The first `limit` messages of `room` above `after` and below `before`,
@@ -240,62 +208,9 @@ impl Store {
         before: Option<i64>,
         limit: i64,
     ) -> Result<(Vec<ChatMessage>, bool), StoreError> {
-        let room = room.to_string();
-        let before = before.unwrap_or(i64::MAX);
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, room, nick, text, ts, client_offset FROM messages
-                 WHERE room = ?1 AND id > ?2 AND id < ?3 ORDER BY id LIMIT ?4",
-            )?;
-            let messages = stmt
-                .query_map(params![room, after, before, limit + 1], row_to_message)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(split_extra(messages, limit))
-        })
-        .await
-    }
-
-    /// Up to `limit` messages of any of `rooms` above `after` and below
-    /// `before`, in id order across the rooms (for a connection catching up
-    /// on all its rooms at once).
-    pub async fn messages_in_rooms_between(
-        &self,
-        rooms: Vec<String>,
-        after: i64,
-        before: i64,
-        limit: i64,
-    ) -> Result<Vec<ChatMessage>, StoreError> {
-        if rooms.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.read(move |conn| {
-            let placeholders = vec!["?"; rooms.len()].join(",");
-            let sql = format!(
-                "SELECT id, room, nick, text, ts, client_offset FROM messages
-                 WHERE id > ? AND id < ? AND room IN ({placeholders}) ORDER BY id LIMIT ?"
-            );
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(rooms.len() + 2);
-            values.push(after.into());
-            values.push(before.into());
-            values.extend(rooms.into_iter().map(rusqlite::types::Value::from));
-            values.push(limit.into());
-            let rows = stmt.query_map(rusqlite::params_from_iter(values), row_to_message)?;
-            rows.collect()
-        })
-        .await
-    }
-
-    /// Every room that has messages: `(room, message count, last id)`, by name.
-    pub async fn room_stats(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT room, count(*), max(id) FROM messages GROUP BY room ORDER BY room",
-            )?;
-            let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
-            rows.collect()
-        })
-        .await
+        self.engine
+            .messages_between(room, after, before, limit)
+            .await
     }
 
     /// The newest `limit` messages of `room` below `before` (or the newest of
@@ -306,41 +221,21 @@ impl Store {
         before: Option<i64>,
         limit: i64,
     ) -> Result<(Vec<ChatMessage>, bool), StoreError> {
-        let room = room.to_string();
-        let before = before.unwrap_or(i64::MAX);
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, room, nick, text, ts, client_offset FROM messages
-                 WHERE room = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
-            )?;
-            let newest_first = stmt
-                .query_map(params![room, before, limit + 1], row_to_message)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let (mut messages, has_more) = split_extra(newest_first, limit);
-            messages.reverse();
-            Ok((messages, has_more))
-        })
-        .await
+        self.engine.messages_before(room, before, limit).await
+    }
+
+    /// Every room that has messages, by name.
+    pub async fn room_stats(&self) -> Result<Vec<RoomStats>, StoreError> {
+        self.engine.room_stats().await
     }
 }
 
-/// Queries fetch one row more than asked: its presence says whether there is
-/// more, without a COUNT.
-fn split_extra(mut messages: Vec<ChatMessage>, limit: i64) -> (Vec<ChatMessage>, bool) {
-    let has_more = messages.len() as i64 > limit;
-    messages.truncate(limit as usize);
-    (messages, has_more)
-}
-
-fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChatMessage> {
-    Ok(ChatMessage {
-        id: row.get(0)?,
-        room: row.get(1)?,
-        nick: row.get(2)?,
-        text: row.get(3)?,
-        ts: row.get(4)?,
-        client_offset: row.get(5)?,
-    })
+/// Milliseconds since the Unix epoch: commit times, draft times.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A database path for messages and logs: as given, made absolute when possible.

@@ -4,15 +4,15 @@ use futures_util::StreamExt;
 use subtle::ConstantTimeEq;
 use tokio::time::{Instant, sleep_until};
 
-use super::socket::{
-    CLOSE_POLICY, End, Incoming, Socket, incoming, send_error, send_text, unsupported_binary,
-};
+use super::socket::{CLOSE_POLICY, End, Incoming, Socket, incoming, send_error};
 use crate::AppState;
 use crate::error::{ClientError, ErrorCode};
 use crate::protocol::{self, ClientFrame, Decoded, Hello};
 
-/// Wait for a valid `hello`, answering anything else with an error (the
-/// client may correct itself within the same deadline).
+/// Wait for a valid `hello` (section 2). A `hello` with an invalid field is
+/// answered with its error and the client may correct it within the same
+/// deadline; any other frame before a valid `hello` (a `ping`, a binary
+/// frame, text that is not a `hello` object) closes with 1008 at once.
 pub async fn handshake(socket: &mut Socket, app: &AppState) -> Result<Hello, End> {
     let deadline = Instant::now() + app.config.handshake_timeout();
     loop {
@@ -23,14 +23,18 @@ pub async fn handshake(socket: &mut Socket, app: &AppState) -> Result<Hello, End
         };
         let text = match incoming(message) {
             Incoming::Text(text) => text,
-            Incoming::Binary => {
-                send_error(socket, &unsupported_binary(), None).await?;
-                continue;
-            }
+            Incoming::Binary => return Err(not_hello()),
             Incoming::Control => continue,
             Incoming::End(end) => return Err(end),
         };
-        let Decoded { reference, frame } = protocol::decode(&text, &app.limits());
+        let Decoded {
+            reference,
+            frame,
+            hello,
+        } = protocol::decode(&text, &app.limits());
+        if !hello {
+            return Err(not_hello());
+        }
         match frame {
             Ok(ClientFrame::Hello(hello)) => {
                 if !token_matches(app.config.access_token.as_deref(), hello.token.as_deref()) {
@@ -43,14 +47,15 @@ pub async fn handshake(socket: &mut Socket, app: &AppState) -> Result<Hello, End
                 }
                 return Ok(hello);
             }
-            Ok(ClientFrame::Ping) => send_text(socket, protocol::pong_frame().into()).await?,
-            Ok(_) => {
-                let error = ClientError::bad_request("the first frame must be `hello`");
-                send_error(socket, &error, reference.as_deref()).await?;
-            }
+            // `decode` says `hello` only of frames it decodes as one.
+            Ok(_) => return Err(not_hello()),
             Err(error) => send_error(socket, &error, reference.as_deref()).await?,
         }
     }
+}
+
+fn not_hello() -> End {
+    End::Close(CLOSE_POLICY, "the first frame must be `hello`")
 }
 
 /// No token configured: everyone passes. Otherwise a constant-time comparison,

@@ -3,15 +3,17 @@
 //! # Layout
 //! - `upgrade`: the HTTP upgrade and the socket behind it.
 //! - `handshake`: waiting for a valid `hello`, the token check.
-//! - `rooms`: join (subscribe, replay, presence, draft), leave.
-//! - `live`: live delivery in global id order, catch-up after a lag.
+//! - `delivery`: what this connection has been given, per room, and the
+//!   paged replay: the one place that decides "exactly once, in id order".
+//! - `rooms`: join (subscribe, replay, presence, draft), leave, writing
+//!   replays and live events.
 //! - `socket`: reads, timed writes, fragmenting long messages, close codes.
 //! - this file: the connection task and its requests.
 //!
 //! Each connection is one task that owns its socket and `select!`s over the
-//! client's frames, its rooms' live channels, its direct inbox (draft
-//! echoes), its pending acks, one keepalive timer (pings and the idle
-//! deadline) and server shutdown. Whatever woke it, it then writes
+//! client's frames, its inbox (every live event of its rooms, from the hub),
+//! its pending acks, one keepalive timer (pings and the idle deadline) and
+//! server shutdown. Whatever woke it, it then writes
 //! everything else that is ready and flushes once. Nothing here holds a lock
 //! across an `.await`.
 //!
@@ -22,35 +24,33 @@
 //! awaited rather than laid out inside the task. `docs/BENCHMARKS.md` has the
 //! measured cost per connection.
 
+mod delivery;
 mod handshake;
-mod live;
 mod rooms;
 mod socket;
 mod upgrade;
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::{Instant, sleep_until};
-use tokio_stream::StreamMap;
-use tokio_stream::wrappers::BroadcastStream;
 use tungstenite::Message;
 
 pub use handshake::token_matches;
 pub use upgrade::Upgrade;
 
-use self::rooms::RoomState;
+use self::delivery::Delivery;
+use self::rooms::{JoinPhase, RoomState};
 use self::socket::{
     CLOSE_NORMAL, End, Incoming, Socket, feed, finish, incoming, send_error, send_text, timed,
     unsupported_binary,
 };
 use crate::AppState;
-use crate::admission::Permit;
 use crate::error::{ClientError, ErrorCode};
-use crate::hub::{Handle, RoomEvent};
+use crate::http::admission::Permit;
+use crate::hub::Handle;
 use crate::protocol::{self, ClientFrame, Decoded, Hello, MAX_ROOMS_PER_CONNECTION, WireLimits};
 use crate::ratelimit::TokenBucket;
 use crate::store::{Appended, StoreError, now_ms};
@@ -68,13 +68,12 @@ struct Connection {
     socket: Socket,
     app: AppState,
     nick: String,
+    /// The protocol version the client said in `hello`: which frames it gets.
+    version: u8,
     handle: Handle,
-    rooms: HashMap<String, RoomState>,
-    live: StreamMap<std::sync::Arc<str>, BroadcastStream<RoomEvent>>,
+    delivery: Delivery<RoomState>,
     acks: FuturesOrdered<AckFuture>,
     bucket: TokenBucket,
-    /// Highest id written on this connection, for `synced.serverOffset`.
-    max_delivered: i64,
     _permit: Permit,
 }
 
@@ -91,11 +90,10 @@ pub fn serve(socket: Socket, app: AppState, permit: Permit) -> impl Future<Outpu
         bucket: TokenBucket::new(app.config.sends_per_10s),
         app,
         nick: String::new(),
+        version: 1,
         handle,
-        rooms: HashMap::new(),
-        live: StreamMap::new(),
+        delivery: Delivery::default(),
         acks: FuturesOrdered::new(),
-        max_delivered: 0,
         _permit: permit,
     });
     conn.serve()
@@ -109,15 +107,16 @@ impl Connection {
                 nick,
                 rooms,
                 server_offset,
+                version,
                 ..
             }) => {
                 self.nick = nick;
+                self.version = version;
                 self.run(rooms, server_offset).await
             }
             Err(end) => end,
         };
-        let joined: Vec<String> = self.rooms.keys().cloned().collect();
-        for room in joined {
+        for room in self.delivery.rooms() {
             self.leave(&room);
         }
         Box::pin(finish(self.socket, end)).await;
@@ -155,9 +154,8 @@ impl Connection {
                     idle_deadline = Instant::now() + idle_timeout;
                     Wake::Incoming(message)
                 }
-                Some(event) = self.live.next() => Wake::Live(event),
                 Some(frame) = self.acks.next() => Wake::Ack(frame),
-                () = self.handle.direct.pushed() => Wake::Direct,
+                () = self.handle.inbox.pushed() => Wake::Inbox,
                 () = &mut keepalive => {
                     let now = Instant::now();
                     if now >= idle_deadline {
@@ -191,13 +189,8 @@ impl Connection {
                 Incoming::Control => {}
                 Incoming::End(end) => return Err(end),
             },
-            Wake::Live(event) => self.on_live(event).await?,
             Wake::Ack(frame) => feed(&mut self.socket, Message::Text(frame.into())).await?,
-            Wake::Direct => {
-                for frame in self.handle.direct.take() {
-                    feed(&mut self.socket, Message::Text(frame)).await?;
-                }
-            }
+            Wake::Inbox => {}
             Wake::Ping => feed(&mut self.socket, Message::Ping(Default::default())).await?,
         }
         self.write_ready().await
@@ -205,8 +198,7 @@ impl Connection {
 
     /// Queue every ack and live event that is ready now, without waiting for
     /// anything, then flush: one write to the kernel carries them all,
-    /// instead of one per frame. (Draft echoes are rare and wake the loop
-    /// themselves, so the inbox's lock stays off this path.)
+    /// instead of one per frame.
     async fn write_ready(&mut self) -> Result<(), End> {
         // Bounded, so a room that never stops talking cannot keep this task
         // from yielding; what is left wakes the loop again at once.
@@ -216,9 +208,9 @@ impl Connection {
                 feed(&mut self.socket, Message::Text(frame.into())).await?;
                 wrote = true;
             }
-            let event = tokio::task::unconstrained(self.live.next()).now_or_never();
-            if let Some(Some(event)) = event {
-                self.on_live(event).await?;
+            let taken = self.handle.inbox.take();
+            if !taken.events.is_empty() || taken.lagged {
+                self.deliver(taken).await?;
                 wrote = true;
             }
             if !wrote {
@@ -237,34 +229,34 @@ impl Connection {
             max_frame_bytes: config.max_frame_bytes,
             sends_per10s: config.sends_per_10s,
         };
-        let welcome = protocol::welcome_frame(&session_id(), &self.nick, newest, &limits);
+        let welcome = protocol::welcome_frame(
+            &session_id(),
+            &self.nick,
+            newest,
+            self.app.store.store_id(),
+            &limits,
+        );
         send_text(&mut self.socket, welcome.into()).await?;
         for room in &rooms {
-            self.join(room, server_offset, false).await?;
+            self.join(room, server_offset, JoinPhase::Handshake).await?;
         }
         // The rooms were replayed one after another: an earlier one may have
         // had messages committed since its replay, older than the last
         // room's newest. Bring every room up to one point before `synced`,
         // so the offset the client stores there covers all of them.
         let upto = self.app.store.newest_id();
-        self.reload(&rooms, upto.saturating_add(1)).await?;
-        for room in &rooms {
-            self.note_synced(room, upto);
-        }
+        self.replay(self.delivery.catch_up(upto)).await?;
         self.send_synced(&rooms, newest, server_offset).await
     }
 
-    /// `synced.serverOffset`: the largest of the store's newest id when the
-    /// sequence began, the highest id delivered, and the client's offset.
+    /// `synced`, with the offset the client should store (see `Delivery::synced_offset`).
     async fn send_synced(
         &mut self,
         rooms: &[String],
         newest: i64,
         server_offset: Option<i64>,
     ) -> Result<(), End> {
-        let offset = newest
-            .max(self.max_delivered)
-            .max(server_offset.unwrap_or(0));
+        let offset = self.delivery.synced_offset(newest, server_offset);
         send_text(
             &mut self.socket,
             protocol::synced_frame(rooms, offset).into(),
@@ -273,7 +265,9 @@ impl Connection {
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
-        let Decoded { reference, frame } = protocol::decode(text, &self.app.limits());
+        let Decoded {
+            reference, frame, ..
+        } = protocol::decode(text, &self.app.limits());
         let result = match frame {
             Ok(frame) => self.on_frame(frame, reference.as_deref()).await,
             Err(error) => Err(Reply::Error(error)),
@@ -298,14 +292,15 @@ impl Connection {
                 room,
                 server_offset,
             } => {
-                if !self.rooms.contains_key(&room) && self.rooms.len() >= MAX_ROOMS_PER_CONNECTION {
+                if !self.delivery.contains(&room) && self.delivery.len() >= MAX_ROOMS_PER_CONNECTION
+                {
                     return Err(Reply::Error(ClientError::new(
                         ErrorCode::TooManyRooms,
                         format!("at most {MAX_ROOMS_PER_CONNECTION} rooms per connection"),
                     )));
                 }
                 let newest = self.app.store.newest_id();
-                Box::pin(self.join(&room, server_offset, true)).await?;
+                Box::pin(self.join(&room, server_offset, JoinPhase::Live)).await?;
                 Ok(self.send_synced(&[room], newest, server_offset).await?)
             }
             ClientFrame::Leave { room } => {
@@ -351,7 +346,7 @@ impl Connection {
         text: String,
         client_offset: Option<String>,
     ) -> Result<(), Reply> {
-        if !self.rooms.contains_key(&room) {
+        if !self.delivery.contains(&room) {
             return Err(not_joined(&room));
         }
         if !self.bucket.try_take() {
@@ -361,17 +356,16 @@ impl Connection {
                 format!("at most {per} messages per 10 s"),
             )));
         }
-        let receiver = self
-            .app
-            .submit(
-                room,
-                self.nick.clone(),
-                text,
-                client_offset.clone(),
-                Some(self.handle.id),
-            )
-            .await
-            .map_err(|e| Reply::Error(internal(e)))?;
+        let receiver = crate::messages::submit(
+            &self.app,
+            room,
+            self.nick.clone(),
+            text,
+            client_offset.clone(),
+            Some(self.handle.id),
+        )
+        .await
+        .map_err(|e| Reply::Error(internal(e)))?;
         self.acks.push_back(Box::pin(async move {
             let outcome = match receiver.await {
                 Ok(outcome) => outcome,
@@ -384,7 +378,7 @@ impl Connection {
 
     /// Relay a typing state to the room's other nicks; nothing is stored.
     fn on_typing(&mut self, room: &str, active: bool) -> Result<(), Reply> {
-        let Some(state) = self.rooms.get_mut(room) else {
+        let Some(state) = self.delivery.state_mut(room) else {
             return Err(not_joined(room));
         };
         let now = std::time::Instant::now();
@@ -399,7 +393,7 @@ impl Connection {
     /// Keep the newest draft in memory (written within a second) and show it
     /// in the nick's other tabs in this room.
     fn on_draft(&mut self, room: &str, text: &str) -> Result<(), Reply> {
-        if !self.rooms.contains_key(room) {
+        if !self.delivery.contains(room) {
             return Err(not_joined(room));
         }
         let now = now_ms();
@@ -422,9 +416,9 @@ fn ack_or_error(client_offset: Option<&str>, outcome: Result<Appended, StoreErro
 /// What woke a connection's loop.
 enum Wake {
     Incoming(Option<Result<Message, tungstenite::Error>>),
-    Live(live::Event),
     Ack(String),
-    Direct,
+    /// The hub queued live events (taken by `write_ready`).
+    Inbox,
     Ping,
 }
 

@@ -16,7 +16,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::socket::{self, Socket};
-use crate::web::error_response;
+use crate::error::ClientError;
+use crate::http::error_with_status;
 
 /// A valid upgrade request, not yet answered.
 pub struct Upgrade {
@@ -32,18 +33,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
         if !has_token(headers, header::CONNECTION, "upgrade")
             || !has_token(headers, header::UPGRADE, "websocket")
         {
-            return Err(error_response(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "this path only accepts WebSocket upgrades",
-            ));
+            return Err(
+                ClientError::bad_request("this path only accepts WebSocket upgrades")
+                    .into_response(),
+            );
         }
         if headers.get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13")) {
             // RFC 6455 section 4.4: name the version the server speaks.
-            let mut response = error_response(
+            let mut response = error_with_status(
                 StatusCode::UPGRADE_REQUIRED,
-                "bad_request",
-                "only WebSocket version 13 is supported",
+                ClientError::bad_request("only WebSocket version 13 is supported"),
             );
             response.headers_mut().insert(
                 header::SEC_WEBSOCKET_VERSION,
@@ -52,22 +51,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             return Err(response);
         }
         let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-            return Err(error_response(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "missing Sec-WebSocket-Key",
-            ));
+            return Err(ClientError::bad_request("missing Sec-WebSocket-Key").into_response());
         };
         let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
             .map_err(|_| internal_error())?;
         // hyper puts this in every HTTP/1.1 request whose connection can be
         // taken over; without it (HTTP/2) there is nothing to upgrade.
         let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or_else(|| {
-            error_response(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "this connection cannot be upgraded; use HTTP/1.1",
-            )
+            ClientError::bad_request("this connection cannot be upgraded; use HTTP/1.1")
+                .into_response()
         })?;
         Ok(Upgrade { on_upgrade, accept })
     }
@@ -126,9 +118,6 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 }
 
 fn internal_error() -> Response {
-    error_response(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "cannot answer the upgrade",
-    )
+    tracing::error!("cannot build the Sec-WebSocket-Accept header");
+    ClientError::internal().into_response()
 }

@@ -367,8 +367,10 @@ fn version_1_database() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("chat.db");
     let conn = rusqlite::Connection::open(&db).expect("create db");
-    conn.execute_batch(include_str!("../../src/store/migrations/0001_messages.sql"))
-        .expect("migration 1");
+    conn.execute_batch(include_str!(
+        "../../src/store/sqlite/migrations/0001_messages.sql"
+    ))
+    .expect("migration 1");
     conn.execute_batch(
         "PRAGMA user_version = 1;
          INSERT INTO messages (room, nick, text, ts) VALUES ('general', 'old', 'first', 1);
@@ -402,7 +404,7 @@ async fn a_version_1_database_is_upgraded_in_place_keeping_its_messages() {
 
     assert_eq!(
         schema_state(&server),
-        (2, true),
+        (natter::store::schema_version() as i64, true),
         "(user_version, drafts table)"
     );
     let (_alice, frames) = server.joined("alice", &["general"]).await;
@@ -418,7 +420,7 @@ async fn starting_again_on_a_migrated_database_is_harmless() {
 
     assert_eq!(
         schema_state(&server),
-        (2, true),
+        (natter::store::schema_version() as i64, true),
         "(user_version, drafts table)"
     );
     let (_alice, frames) = server.joined("alice", &["general"]).await;

@@ -54,6 +54,7 @@ async fn regenerate_chat_db_example() {
                 text: text.to_string(),
                 client_offset: Some(format!("example-{}", i + 1)),
                 clear_draft: false,
+                after_commit: None,
             })
             .await
             .unwrap()
@@ -64,7 +65,7 @@ async fn regenerate_chat_db_example() {
     }
     drop(store);
     // Joining closes the last connection, which folds the WAL into the file.
-    tokio::task::spawn_blocking(move || writer.join())
+    tokio::task::spawn_blocking(move || writer.close())
         .await
         .unwrap();
     assert!(!path.with_extension("example-wal").exists());

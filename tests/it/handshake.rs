@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{Client, Event, Server, WAIT, ids, seed};
 
@@ -373,36 +374,42 @@ async fn duplicate_rooms_in_hello_are_joined_once() {
     assert_eq!(synced(&frames)["rooms"], json!(["general"]));
 }
 
+/// Section 2: a first frame that is not `hello` closes at once with 1008,
+/// without an answer; only a `hello` with an invalid field may be corrected.
 #[tokio::test]
-async fn request_before_hello_is_bad_request_and_a_later_hello_still_works() {
+async fn a_first_frame_that_is_not_hello_closes_with_1008_at_once() {
     let server = Server::start(&[]);
-    let mut client = server.client().await;
-    for early in [
-        json!({"type":"send","room":"general","text":"hi","ref":"early"}),
-        json!({"type":"join","room":"general","ref":"early"}),
-        json!({"type":"leave","room":"general","ref":"early"}),
-        json!({"type":"history","room":"general","ref":"early"}),
-    ] {
-        client.send(early.clone()).await;
-        let error = client.recv().await;
-        assert_eq!(error["code"], "bad_request", "{early}");
-        assert_eq!(error["ref"], "early", "{early}");
+    let cases = [
+        Message::text(json!({"type":"ping"}).to_string()),
+        Message::text(
+            json!({"type":"send","room":"general","text":"hi","ref":"early"}).to_string(),
+        ),
+        Message::text(json!({"type":"join","room":"general"}).to_string()),
+        Message::text(json!({"type":"history","room":"general"}).to_string()),
+        Message::text(json!({"type":"dance"}).to_string()),
+        Message::text(json!({"nick":"alice"}).to_string()),
+        Message::text("not json"),
+        Message::text(r#"["hello"]"#),
+        Message::binary(b"hello".to_vec()),
+    ];
+    for first in cases {
+        let mut client = server.client().await;
+        client.send_raw(first.clone()).await;
+
+        assert_eq!(next_close(&mut client).await, Some(1008), "{first:?}");
     }
-
-    client.hello("alice", &["general"], None).await;
-
-    let frames = client.until("synced").await;
-    assert_eq!(frames[0]["type"], "welcome");
 }
 
 #[tokio::test]
-async fn ping_before_hello_gets_pong() {
+async fn a_non_hello_frame_after_an_invalid_hello_closes_with_1008() {
     let server = Server::start(&[]);
     let mut client = server.client().await;
+    client.send(json!({"type":"hello","nick":""})).await;
+    assert_eq!(client.recv().await["code"], "invalid_nick");
 
     client.send(json!({"type":"ping"})).await;
 
-    assert_eq!(client.recv().await, json!({"type":"pong"}));
+    assert_eq!(next_close(&mut client).await, Some(1008));
 }
 
 #[tokio::test]

@@ -1,4 +1,12 @@
-//! HTTP routes: the page and its assets (compiled in), the WebSocket upgrade with its Origin check, health, 404s.
+//! HTTP routes: the page and its assets (compiled in), the WebSocket upgrade with its Origin check and admission, health, metrics, 404s, and the JSON error shape.
+//!
+//! # Layout
+//! - `api`: the HTTP API under `/api`.
+//! - `admission`: the client's address, connection limits.
+//! - this file: the router and the routes that are not the API.
+
+pub(crate) mod admission;
+pub(crate) mod api;
 
 use axum::Router;
 use std::net::SocketAddr;
@@ -10,14 +18,15 @@ use axum::routing::get;
 use serde_json::json;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use self::admission::{Refusal, client_ip};
 use crate::AppState;
-use crate::admission::{Refusal, client_ip};
+use crate::error::{ClientError, ErrorCode};
 
 /// The page, compiled into the binary so that it alone serves everything.
-const INDEX_HTML: &str = include_str!("../assets/index.html");
-const APP_JS: &str = include_str!("../assets/app.js");
-const STYLE_CSS: &str = include_str!("../assets/style.css");
-const FAVICON_SVG: &str = include_str!("../assets/favicon.svg");
+const INDEX_HTML: &str = include_str!("../../assets/index.html");
+const APP_JS: &str = include_str!("../../assets/app.js");
+const STYLE_CSS: &str = include_str!("../../assets/style.css");
+const FAVICON_SVG: &str = include_str!("../../assets/favicon.svg");
 
 /// The page may only talk to this server and run its own script, so even a
 /// rendering bug cannot load or run anything from elsewhere.
@@ -39,7 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .merge(crate::api::router(state.clone()))
+        .merge(api::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(SetResponseHeaderLayer::overriding(
@@ -93,19 +102,19 @@ async fn upgrade(
                 limit = app.config.max_connections,
                 "connection refused: server full"
             );
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
+            return ClientError::new(
+                ErrorCode::Unavailable,
                 "the server has as many connections as it allows; try again later",
-            );
+            )
+            .into_response();
         }
         Err(Refusal::TooManyFromAddress) => {
             tracing::info!(%ip, "connection refused: too many from this address");
-            return error_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+            return ClientError::new(
+                ErrorCode::RateLimited,
                 "too many open connections from your address",
-            );
+            )
+            .into_response();
         }
     };
     let max_frame_bytes = app.config.max_frame_bytes;
@@ -142,11 +151,7 @@ pub fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), &'sta
 }
 
 async fn healthz(State(app): State<AppState>) -> Response {
-    match app
-        .store
-        .read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
-        .await
-    {
+    match app.store.ping().await {
         Ok(()) => (StatusCode::OK, "ok").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "health check failed");
@@ -157,11 +162,7 @@ async fn healthz(State(app): State<AppState>) -> Response {
 
 async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
     if !bearer_matches(&headers, app.config.access_token.as_deref()) {
-        return error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid access token is required (Authorization: Bearer TOKEN)",
-        );
+        return bearer_required().into_response();
     }
     (
         [(
@@ -187,20 +188,37 @@ pub fn bearer_matches(headers: &HeaderMap, token: Option<&str>) -> bool {
     crate::ws::token_matches(Some(token), Some(given))
 }
 
-/// The JSON error shape of the HTTP side: `{"error":{"code":...,"message":...}}`.
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = json!({"error": {"code": code, "message": message}});
-    (status, axum::Json(body)).into_response()
+/// What a request without the access token gets.
+pub fn bearer_required() -> ClientError {
+    ClientError::new(
+        ErrorCode::Unauthorized,
+        "a valid access token is required (Authorization: Bearer TOKEN)",
+    )
+}
+
+/// The JSON error shape of the HTTP side, `{"error":{"code":...,"message":...}}`,
+/// with the status that goes with the code.
+impl IntoResponse for ClientError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        (self.code.status(), axum::Json(body)).into_response()
+    }
+}
+
+/// An error answered with another status than its code's own (405, 426).
+pub fn error_with_status(status: StatusCode, error: ClientError) -> Response {
+    let mut response = error.into_response();
+    *response.status_mut() = status;
+    response
 }
 
 async fn method_not_allowed() -> Response {
-    error_response(
+    error_with_status(
         StatusCode::METHOD_NOT_ALLOWED,
-        "bad_request",
-        "this method is not allowed on this path",
+        ClientError::bad_request("this method is not allowed on this path"),
     )
 }
 
 async fn not_found() -> Response {
-    error_response(StatusCode::NOT_FOUND, "not_found", "no such path")
+    ClientError::new(ErrorCode::NotFound, "no such path").into_response()
 }

@@ -10,41 +10,20 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Publish, StoreError};
-use crate::drafts::DraftRow;
 use crate::metrics as metrics_names;
 use crate::protocol::ChatMessage;
+use crate::store::{AfterCommit, Appended, DraftRow, NewMessage, Publish, StoreError, now_ms};
 
 /// Most commands in one transaction: bounds the latency of the first one in a
 /// huge burst and the memory held for replies.
 const MAX_BATCH: usize = 4_096;
 
-/// A message to store, already validated.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub room: String,
-    pub nick: String,
-    pub text: String,
-    pub client_offset: Option<String>,
-    /// The sender had a draft in this room: delete it in the same transaction.
-    pub clear_draft: bool,
-}
-
-/// What an append produced: the stored id and commit time, and whether the
-/// `clientOffset` was already stored (then nothing new was written).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended {
-    pub id: i64,
-    pub ts: i64,
-    pub duplicate: bool,
-}
-
-pub enum Command {
+pub(super) enum Command {
     Append {
         message: NewMessage,
         reply: oneshot::Sender<Result<Appended, StoreError>>,
@@ -72,7 +51,7 @@ fn answer_failed<T>(reply: oneshot::Sender<Result<T, StoreError>>, error: &str) 
     let _ = reply.send(Err(StoreError::Write(error.to_string())));
 }
 
-pub fn spawn(
+pub(super) fn spawn(
     conn: Connection,
     commands: mpsc::Receiver<Command>,
     publish: Publish,
@@ -106,6 +85,7 @@ enum Pending {
         outcome: Appended,
         /// The message to publish once committed; `None` for a duplicate.
         fresh: Option<ChatMessage>,
+        after_commit: Option<AfterCommit>,
     },
     Drafts {
         reply: oneshot::Sender<Result<(), StoreError>>,
@@ -178,17 +158,30 @@ impl Writer {
                 }
                 // Publish before acking, and in id order: anyone who sees the
                 // ack can already find the message live or in the store.
+                let mut published = Vec::with_capacity(pending.len());
+                let mut hooks = Vec::new();
                 for item in &mut pending {
                     match item {
-                        Pending::Append { fresh, .. } => match fresh.take() {
+                        Pending::Append {
+                            fresh,
+                            after_commit,
+                            ..
+                        } => match fresh.take() {
                             Some(message) => {
-                                stored += 1;
-                                (self.publish)(message);
+                                published.push(message);
+                                hooks.extend(after_commit.take());
                             }
                             None => duplicates += 1,
                         },
                         Pending::Drafts { rows, .. } => drafts += *rows as u64,
                     }
+                }
+                stored += published.len() as u64;
+                if !published.is_empty() {
+                    (self.publish)(&published);
+                }
+                for hook in hooks {
+                    hook();
                 }
                 metrics::counter!(metrics_names::MESSAGES).increment(stored);
                 metrics::counter!(metrics_names::DUPLICATE_SENDS).increment(duplicates);
@@ -231,10 +224,11 @@ fn write_batch(
     let tx = conn.transaction()?;
     for command in commands.by_ref() {
         let executed = match command {
-            Command::Append { message, reply } => match append(&tx, &message, ts) {
+            Command::Append { mut message, reply } => match append(&tx, &message, ts) {
                 Ok((outcome, fresh)) => Ok(Pending::Append {
                     reply,
                     outcome,
+                    after_commit: message.after_commit.take(),
                     fresh: fresh.then_some(ChatMessage {
                         id: outcome.id,
                         room: message.room,
@@ -343,11 +337,4 @@ fn save_drafts(conn: &Connection, drafts: &[DraftRow]) -> rusqlite::Result<()> {
         }
     }
     Ok(())
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -19,11 +19,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+use super::{bearer_matches, bearer_required};
 use crate::AppState;
 use crate::error::{ClientError, ErrorCode};
 use crate::protocol::{self, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, MessageFrame};
 use crate::ratelimit::TokenBucket;
-use crate::web::{bearer_matches, error_response};
 
 /// Largest request body: a 4,000-character message of 4-byte characters plus
 /// JSON fits many times over.
@@ -65,15 +65,11 @@ async fn require_token(State(app): State<AppState>, request: Request, next: Next
     if bearer_matches(request.headers(), app.config.access_token.as_deref()) {
         next.run(request).await
     } else {
-        error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid access token is required (Authorization: Bearer TOKEN)",
-        )
+        bearer_required().into_response()
     }
 }
 
-/// An API failure, rendered in the JSON error shape with its HTTP status.
+/// An API failure, rendered in the JSON error shape with its code's status.
 struct ApiError(ClientError);
 
 impl From<ClientError> for ApiError {
@@ -84,14 +80,7 @@ impl From<ClientError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = match self.0.code {
-            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::TooLong => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        error_response(status, self.0.code.as_str(), &self.0.message)
+        self.0.into_response()
     }
 }
 
@@ -106,10 +95,16 @@ async fn rooms(State(app): State<AppState>) -> Result<Response, ApiError> {
     let mut viewers = app.hub.viewer_counts();
     let mut rooms: Vec<Value> = stats
         .into_iter()
-        .map(|(room, messages, last_id)| {
-            let viewing = viewers.remove(&room).unwrap_or(0);
-            json!({"room": room, "messages": messages, "lastId": last_id, "viewers": viewing})
-        })
+        .map(
+            |crate::store::RoomStats {
+                 room,
+                 messages,
+                 last_id,
+             }| {
+                let viewing = viewers.remove(&room).unwrap_or(0);
+                json!({"room": room, "messages": messages, "lastId": last_id, "viewers": viewing})
+            },
+        )
         .collect();
     // Rooms people are in that have no messages yet.
     rooms.extend(viewers.into_iter().map(
@@ -206,7 +201,7 @@ async fn post(
     protocol::validate_text(&text, app.config.max_text_chars)?;
     let client_offset = protocol::client_offset_field(fields.remove("clientOffset"))?;
     let per_10s = app.config.sends_per_10s;
-    let ip = crate::admission::client_ip(peer, &headers, &app.config.trusted_proxies);
+    let ip = super::admission::client_ip(peer, &headers, &app.config.trusted_proxies);
     if !app.post_limits.allow(ip, per_10s) {
         return Err(ClientError::new(
             ErrorCode::RateLimited,
@@ -214,8 +209,7 @@ async fn post(
         )
         .into());
     }
-    let pending = app
-        .submit(room, nick, text, client_offset, None)
+    let pending = crate::messages::submit(&app, room, nick, text, client_offset, None)
         .await
         .map_err(internal)?;
     let appended = pending

@@ -1,26 +1,10 @@
-//! The wire format: client frames parsed and validated into typed requests, server frames serialized. No I/O.
-//!
-//! Validation lives here, not in the connection handler, so the HTTP API and the
-//! fuzz target check input with exactly the same rules.
+//! Client frames: decoding one text frame into a validated request, or the error to answer with.
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::Value;
 
+use super::*;
 use crate::error::{ClientError, ErrorCode};
-
-/// Rooms one connection may be in at once (section 4).
-pub const MAX_ROOMS_PER_CONNECTION: usize = 50;
-/// Longest nick, in Unicode scalar values, after trimming.
-pub const MAX_NICK_CHARS: usize = 32;
-/// Longest room name (the pattern `^[a-z0-9][a-z0-9_-]{0,63}$`).
-pub const MAX_ROOM_CHARS: usize = 64;
-/// Longest `clientOffset`.
-pub const MAX_CLIENT_OFFSET_CHARS: usize = 64;
-/// History page size bounds and default (section 5).
-pub const MAX_HISTORY_LIMIT: i64 = 200;
-pub const DEFAULT_HISTORY_LIMIT: i64 = 50;
-/// The room a `hello` without `rooms` joins.
-pub const DEFAULT_ROOM: &str = "general";
 
 /// The limits that depend on configuration; the rest are protocol constants.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +54,9 @@ pub struct Hello {
     pub rooms: Vec<String>,
     pub server_offset: Option<i64>,
     pub token: Option<String>,
+    /// The protocol version the client speaks: 1 unless it said more, and
+    /// never more than `LATEST_VERSION`.
+    pub version: u8,
 }
 
 /// The outcome of decoding one text frame: the request, or the error to send
@@ -78,6 +65,9 @@ pub struct Hello {
 pub struct Decoded {
     pub reference: Option<String>,
     pub frame: Result<ClientFrame, ClientError>,
+    /// The frame was a JSON object with `"type":"hello"`, valid or not: the
+    /// handshake lets a client correct such a frame, and closes on any other.
+    pub hello: bool,
 }
 
 /// Every field any client frame may carry. Unknown fields are ignored so that
@@ -100,6 +90,7 @@ struct RawFrame {
     before: Option<Value>,
     limit: Option<Value>,
     active: Option<Value>,
+    version: Option<Value>,
 }
 
 /// Decode and validate one client text frame.
@@ -115,6 +106,7 @@ pub fn decode(text: &str, limits: &Limits) -> Decoded {
         return Decoded {
             reference: None,
             frame: Err(ClientError::bad_request(message)),
+            hello: false,
         };
     }
     let raw: RawFrame = match serde_json::from_str(text) {
@@ -122,12 +114,15 @@ pub fn decode(text: &str, limits: &Limits) -> Decoded {
         Err(e) if e.is_data() => {
             // An object serde would not map (a key given twice): still an
             // object, so the error echoes its `ref` (section 8).
-            let reference = serde_json::from_str::<serde_json::Map<String, Value>>(text)
-                .ok()
+            let map = serde_json::from_str::<serde_json::Map<String, Value>>(text).ok();
+            let reference = map
+                .as_ref()
                 .and_then(|map| echo_reference(map.get("ref"), map.get("clientOffset")));
+            let hello = map.is_some_and(|map| map.get("type") == Some(&Value::from("hello")));
             return Decoded {
                 reference,
                 frame: Err(ClientError::bad_request(format!("invalid frame ({e})"))),
+                hello,
             };
         }
         Err(e) => {
@@ -136,13 +131,16 @@ pub fn decode(text: &str, limits: &Limits) -> Decoded {
                 frame: Err(ClientError::bad_request(format!(
                     "frame is not valid JSON ({e})"
                 ))),
+                hello: false,
             };
         }
     };
     let reference = echo_reference(raw.reference.as_ref(), raw.client_offset.as_ref());
+    let hello = matches!(&raw.kind, Some(Value::String(kind)) if kind == "hello");
     Decoded {
         reference,
         frame: validate(raw, limits),
+        hello,
     }
 }
 
@@ -189,6 +187,7 @@ fn validate(mut raw: RawFrame, limits: &Limits) -> Result<ClientFrame, ClientErr
                 rooms,
                 server_offset: optional_id(raw.server_offset, "serverOffset")?,
                 token: optional_string(raw.token, "token")?,
+                version: version_field(raw.version)?,
             }))
         }
         "send" => {
@@ -262,6 +261,20 @@ fn validate(mut raw: RawFrame, limits: &Limits) -> Result<ClientFrame, ClientErr
             "unknown frame type `{}`",
             truncate(other, 40)
         ))),
+    }
+}
+
+/// `hello.version`: a positive integer, or absent (version 1). A client
+/// newer than this server is served the newest version it speaks.
+fn version_field(value: Option<Value>) -> Result<u8, ClientError> {
+    match value {
+        None | Some(Value::Null) => Ok(1),
+        Some(value) => match value.as_u64() {
+            Some(v) if v >= 1 => Ok(v.min(u64::from(LATEST_VERSION)) as u8),
+            _ => Err(ClientError::bad_request(
+                "field `version` must be a positive integer",
+            )),
+        },
     }
 }
 
@@ -392,150 +405,4 @@ fn truncate(s: &str, max_chars: usize) -> String {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
     }
-}
-
-/// A stored chat message, as it leaves the store and goes on the wire.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ChatMessage {
-    pub id: i64,
-    pub room: String,
-    pub nick: String,
-    pub text: String,
-    pub ts: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_offset: Option<String>,
-}
-
-/// A stored message as a frame, `{"type":"message",...}`: live, replayed,
-/// in history pages and in the HTTP API alike.
-#[derive(Serialize)]
-pub struct MessageFrame<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(flatten)]
-    message: &'a ChatMessage,
-}
-
-impl<'a> From<&'a ChatMessage> for MessageFrame<'a> {
-    fn from(message: &'a ChatMessage) -> Self {
-        MessageFrame {
-            kind: "message",
-            message,
-        }
-    }
-}
-
-/// Serialized once per message and shared by every receiver.
-pub fn message_frame(message: &ChatMessage) -> String {
-    to_json(&MessageFrame::from(message))
-}
-
-pub fn error_frame(error: &ClientError, reference: Option<&str>) -> String {
-    let mut frame = json!({
-        "type": "error",
-        "code": error.code.as_str(),
-        "message": error.message,
-    });
-    if let Some(reference) = reference {
-        frame["ref"] = Value::from(reference);
-    }
-    frame.to_string()
-}
-
-pub fn ack_frame(client_offset: Option<&str>, id: i64, ts: i64, duplicate: bool) -> String {
-    #[derive(Serialize)]
-    struct Ack<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        #[serde(rename = "clientOffset", skip_serializing_if = "Option::is_none")]
-        client_offset: Option<&'a str>,
-        id: i64,
-        ts: i64,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        duplicate: bool,
-    }
-    to_json(&Ack {
-        kind: "ack",
-        client_offset,
-        id,
-        ts,
-        duplicate,
-    })
-}
-
-pub fn welcome_frame(
-    session_id: &str,
-    nick: &str,
-    server_offset: i64,
-    limits: &WireLimits,
-) -> String {
-    json!({
-        "type": "welcome",
-        "sessionId": session_id,
-        "nick": nick,
-        "serverOffset": server_offset,
-        "limits": limits,
-    })
-    .to_string()
-}
-
-/// The limits a client is told in `welcome`.
-#[derive(Debug, Clone, Copy, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WireLimits {
-    pub max_text_chars: usize,
-    pub max_frame_bytes: usize,
-    pub sends_per10s: u32,
-}
-
-pub fn joined_frame(room: &str) -> String {
-    json!({ "type": "joined", "room": room }).to_string()
-}
-
-pub fn left_frame(room: &str) -> String {
-    json!({ "type": "left", "room": room }).to_string()
-}
-
-pub fn synced_frame(rooms: &[String], server_offset: i64) -> String {
-    json!({ "type": "synced", "rooms": rooms, "serverOffset": server_offset }).to_string()
-}
-
-pub fn draft_frame(room: &str, text: &str, updated_at: i64) -> String {
-    json!({ "type": "draft", "room": room, "text": text, "updatedAt": updated_at }).to_string()
-}
-
-pub fn pong_frame() -> &'static str {
-    r#"{"type":"pong"}"#
-}
-
-pub fn history_frame(
-    room: &str,
-    reference: Option<&str>,
-    messages: &[ChatMessage],
-    has_more: bool,
-) -> String {
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct History<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        room: &'a str,
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
-        messages: Vec<MessageFrame<'a>>,
-        has_more: bool,
-    }
-    to_json(&History {
-        kind: "history",
-        room,
-        reference,
-        messages: messages.iter().map(MessageFrame::from).collect(),
-        has_more,
-    })
-}
-
-fn to_json<T: Serialize>(value: &T) -> String {
-    // Serializing plain structs of strings and integers into a String cannot fail.
-    serde_json::to_string(value).unwrap_or_else(|_| String::from("{}"))
 }

@@ -89,6 +89,21 @@ fn copy(src: &Connection, partial: &Path) -> Result<BackupReport, String> {
     // A backup is one self-contained file: no WAL beside it.
     dst.query_row("PRAGMA journal_mode=DELETE", [], |_| Ok(()))
         .map_err(cannot_write)?;
+    // A copy is another store: a client that kept offsets from the live one
+    // must not trust them against a restore of this copy (protocol "Store
+    // identity"). A database from before store ids gets one when a server
+    // next opens it.
+    dst.execute(
+        "UPDATE meta SET value = lower(hex(randomblob(16))) WHERE key = 'store_id'",
+        [],
+    )
+    .or_else(|e| match &e {
+        rusqlite::Error::SqliteFailure(_, Some(message)) if message.contains("no such table") => {
+            Ok(0)
+        }
+        _ => Err(e),
+    })
+    .map_err(cannot_write)?;
     let check: String = dst
         .query_row("PRAGMA quick_check", [], |row| row.get(0))
         .map_err(cannot_write)?;

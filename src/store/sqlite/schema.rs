@@ -7,6 +7,7 @@ use rusqlite_migration::{M, MigrationDefinitionError, Migrations};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_messages.sql"),
     include_str!("migrations/0002_drafts.sql"),
+    include_str!("migrations/0003_meta.sql"),
 ];
 
 /// The schema version this binary writes.

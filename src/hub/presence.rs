@@ -1,7 +1,10 @@
 //! Presence of one room: who is here with how many connections, the grace period before a nick leaves, and coalesced diffs.
 //!
-//! Everything here runs under the hub's lock, so joins must cost O(1) apart
-//! from copying the member list a joiner is owed: changes to the member set
+//! Everything here runs under the room's lock, so joins must cost O(1) apart
+//! from the member list a joiner is owed. That list is kept ready: each
+//! member's entry of the `presence` frame is serialized when its count
+//! changes, so a joiner's frame is one copy of those entries, not a
+//! serialization of the whole room. Changes to the member set
 //! are logged in a `window` until the next diff, and a connection that joined
 //! mid-window computes its first diff from the part of the window it did not
 //! see, instead of from a copy of the whole member set.
@@ -10,10 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use serde_json::json;
-
-use crate::hub::Handle;
+use super::Handle;
+use crate::protocol;
 
 /// A change to the member set: `nick` became present, or left for good.
 #[derive(Debug, Clone)]
@@ -41,46 +42,10 @@ pub struct PresenceView {
     pub viewers: usize,
 }
 
-/// A copy of the room's presence, serialized outside the lock.
-pub struct Snapshot {
-    pub view: PresenceView,
-    members: Vec<(Arc<str>, usize)>,
-}
-
-impl Snapshot {
-    pub fn frame(&self, room: &str) -> String {
-        #[derive(Serialize)]
-        struct Member<'a> {
-            nick: &'a str,
-            connections: usize,
-        }
-        #[derive(Serialize)]
-        struct Presence<'a> {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            room: &'a str,
-            viewers: usize,
-            members: Vec<Member<'a>>,
-        }
-        let frame = Presence {
-            kind: "presence",
-            room,
-            viewers: self.view.viewers,
-            members: self
-                .members
-                .iter()
-                .map(|(nick, connections)| Member {
-                    nick,
-                    connections: *connections,
-                })
-                .collect(),
-        };
-        serde_json::to_string(&frame).unwrap_or_default()
-    }
-}
-
 struct Member {
     connections: Vec<Handle>,
+    /// This member's entry of the `presence` frame, kept current.
+    entry: String,
     /// Set when the last connection left; the nick is announced as gone once
     /// this is older than the grace period.
     gone_since: Option<Instant>,
@@ -103,6 +68,7 @@ impl RoomPresence {
         match self.members.get_mut(nick) {
             Some(member) => {
                 member.connections.push(handle.clone());
+                member.entry = protocol::presence_member(nick, member.connections.len());
                 member.gone_since = None;
             }
             None => {
@@ -111,6 +77,7 @@ impl RoomPresence {
                     nick.clone(),
                     Member {
                         connections: vec![handle.clone()],
+                        entry: protocol::presence_member(&nick, 1),
                         gone_since: None,
                     },
                 );
@@ -132,6 +99,7 @@ impl RoomPresence {
         member.connections.retain(|h| h.id != connection);
         if member.connections.len() < before {
             self.viewers -= 1;
+            member.entry = protocol::presence_member(nick, member.connections.len());
             if member.connections.is_empty() {
                 member.gone_since = Some(now);
             }
@@ -145,6 +113,13 @@ impl RoomPresence {
             .map_or(&[], |m| m.connections.as_slice())
     }
 
+    /// Every open connection in the room, with its nick.
+    pub fn each_connection(&self) -> impl Iterator<Item = (&Arc<str>, &Handle)> {
+        self.members
+            .iter()
+            .flat_map(|(nick, m)| m.connections.iter().map(move |h| (nick, h)))
+    }
+
     pub fn viewers(&self) -> usize {
         self.viewers
     }
@@ -153,19 +128,16 @@ impl RoomPresence {
         self.members.is_empty()
     }
 
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            view: PresenceView {
-                next_seq: self.seq + 1,
-                seen: self.window.len(),
-                viewers: self.viewers,
-            },
-            members: self
-                .members
-                .iter()
-                .map(|(nick, m)| (nick.clone(), m.connections.len()))
-                .collect(),
-        }
+    /// The `presence` frame for a connection that just joined (it counts
+    /// already), and what it says, for that connection's first diff.
+    pub fn snapshot(&self, room: &str) -> (PresenceView, String) {
+        let view = PresenceView {
+            next_seq: self.seq + 1,
+            seen: self.window.len(),
+            viewers: self.viewers,
+        };
+        let entries = self.members.values().map(|m| m.entry.as_str());
+        (view, protocol::presence_frame(room, self.viewers, entries))
     }
 
     /// Drop nicks whose grace period is over, then return the diff to
@@ -228,10 +200,9 @@ pub fn diff_frame(
     if joins.is_empty() && leaves.is_empty() && viewers == known_viewers {
         return None;
     }
-    Some(
-        json!({"type": "presence_diff", "room": room, "viewers": viewers, "joins": joins, "leaves": leaves})
-            .to_string(),
-    )
+    Some(protocol::presence_diff_frame(
+        room, viewers, &joins, &leaves,
+    ))
 }
 
 #[cfg(test)]
