@@ -426,3 +426,47 @@ async fn starting_again_on_a_migrated_database_is_harmless() {
     let (_alice, frames) = server.joined("alice", &["general"]).await;
     assert_eq!(ids(&frames), [1, 2]);
 }
+
+/// A draft is cleared by a send only once the message is stored: a send that
+/// fails with `internal` leaves it as it was, for the retry.
+#[tokio::test]
+async fn a_send_that_fails_with_internal_leaves_the_draft_as_it_was() {
+    // 1 MiB cap: a few hundred 3,000-character messages fill it.
+    let server = Server::start(&["--max-db-mb", "1", "--sends-per-10s", "0"]);
+    let (mut alice, _) = server.joined("alice", &["general"]).await;
+    let text = "x".repeat(3000);
+    alice
+        .send(json!({"type":"draft","room":"general","text":"keep me"}))
+        .await;
+    let mut failed = false;
+    for i in 0..2_000 {
+        alice
+            .send(json!({"type":"send","room":"general","text":text,"clientOffset":format!("fill-{i}")}))
+            .await;
+        let reply = loop {
+            let frame = alice.recv().await;
+            if frame["type"] == "ack" || frame["type"] == "error" {
+                break frame;
+            }
+        };
+        if reply["type"] == "error" {
+            assert_eq!(reply["code"], "internal", "{reply}");
+            failed = true;
+            break;
+        }
+        // Until the store is full, each stored send clears the draft: type it again.
+        alice
+            .send(json!({"type":"draft","room":"general","text":"keep me"}))
+            .await;
+    }
+    assert!(failed, "the database never filled up");
+
+    let (_tab, frames) = server.joined("alice", &["general"]).await;
+
+    let draft = frames.iter().find(|f| f["type"] == "draft");
+    assert_eq!(
+        draft.map(|d| d["text"].clone()),
+        Some(json!("keep me")),
+        "{frames:?}"
+    );
+}

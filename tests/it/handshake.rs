@@ -471,3 +471,21 @@ async fn second_hello_after_welcome_is_bad_request_and_the_connection_stays_usab
     assert_eq!(client.recv().await["code"], "bad_request");
     client.assert_usable().await;
 }
+
+/// "Which clients get version 2 frames": a `hello` may say `"version":2`; a
+/// newer version than the server speaks is served as the newest it knows.
+#[tokio::test]
+async fn hello_with_a_version_gets_the_same_welcome_and_join_sequence() {
+    let server = Server::start(&[]);
+    for version in [1, 2, 7] {
+        let mut client = server.client().await;
+        client
+            .send(json!({"type":"hello","nick":"alice","rooms":["general"],"version":version}))
+            .await;
+
+        let frames = client.until("synced").await;
+        let kinds: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
+        assert_eq!(kinds, ["welcome", "joined", "presence", "synced"], "{version}");
+        assert_eq!(frames[0]["auth"], "open");
+    }
+}

@@ -20,4 +20,5 @@ mod presence;
 mod properties;
 mod replay;
 mod soak;
+mod store_id;
 mod transport;

@@ -544,3 +544,26 @@ async fn slow_reader_catches_up_with_every_message_exactly_once() {
 
     assert_same_ids(&slow_seen, &flood.acked, "slow reader");
 }
+
+/// Section 4: joining a room already joined is answered as a new join, with
+/// the replay above the offset it gives, even of messages already delivered.
+#[tokio::test]
+async fn joining_a_room_again_replays_above_the_new_offset() {
+    let server = Server::start(&["--sends-per-10s", "0"]);
+    let (mut alice, _) = server.joined("alice", &["general"]).await;
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let ack = alice.say("general", &format!("m{i}"), &format!("j-{i}")).await;
+        sent.push(ack["id"].as_i64().unwrap());
+    }
+    // The live copies of all three, first.
+    while alice.next_of("message").await["id"] != sent[2] {}
+
+    alice
+        .send(json!({"type":"join","room":"general","serverOffset":sent[0]}))
+        .await;
+    let frames = alice.until("synced").await;
+
+    let replayed: Vec<i64> = ids(&frames).into_iter().filter(|id| *id > sent[0]).collect();
+    assert_eq!(replayed, sent[1..]);
+}
