@@ -14,15 +14,6 @@ pub enum NoLine {
     Closed,
 }
 
-impl std::fmt::Display for NoLine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            NoLine::Timeout => "timed out",
-            NoLine::Closed => "the output ended",
-        })
-    }
-}
-
 /// The wanted lines of one output.
 pub struct Lines {
     rx: Receiver<String>,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::lines::Lines;
+use crate::lines::{Lines, NoLine};
 use crate::process::{self, Signal, Stopped};
 use crate::procfs;
 use crate::{Error, Result, WAIT};
@@ -146,9 +146,12 @@ impl Server {
             }
             Err(why) => {
                 let _ = self.kill();
+                let when = match why {
+                    NoLine::Timeout => format!("within {} s", self.launch.wait.as_secs()),
+                    NoLine::Closed => "before its stdout closed".into(),
+                };
                 Err(Error::new(format!(
-                    "the server printed no `listening on` line ({why} after {} s); its log ({}):\n{}",
-                    self.launch.wait.as_secs(),
+                    "the server printed no `listening on` line {when}; its log ({}):\n{}",
                     self.log.display(),
                     self.log_tail(20)
                 )))
