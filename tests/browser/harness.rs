@@ -1,12 +1,14 @@
-//! Harness: the real `natter` binary on 127.0.0.1 with its own SQLite file, and
-//! Debian's headless Chromium driven over the DevTools protocol (chromiumoxide).
+//! Harness: the real `natter` binary on 127.0.0.1 with its own SQLite file
+//! (`natter-test-support`), and Debian's headless Chromium driven over the
+//! DevTools protocol (chromiumoxide).
 //!
 //! Every wait is bounded (`WAIT`, or an explicit timeout) and polls the page,
 //! so a broken page fails a test with a dump of what the page showed instead
 //! of hanging it. Every server and browser started here is killed on drop,
-//! also when a test panics. `TEST_LOG=1` prints the server and browser logs.
+//! also when a test panics. `TEST_LOG=1` streams the server's log and prints
+//! the browser's.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,11 +26,12 @@ use chromiumoxide::cdp::browser_protocol::page::{CaptureScreenshotFormat, Reload
 use chromiumoxide::page::ScreenshotParams;
 use chromiumoxide::{Browser, Page};
 use futures_util::StreamExt;
+use natter_test_support::lines::Lines;
+use natter_test_support::{Launch, Signal, logs_wanted};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-/// The longest any single expected event may take.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub use natter_test_support::WAIT;
 
 const BIN: &str = env!("CARGO_BIN_EXE_natter");
 const DEFAULT_CHROMIUM: &str = "/usr/bin/chromium";
@@ -44,10 +47,6 @@ const CHROMIUM_ARGS: &[&str] = &[
     "--no-first-run",
     "--disable-dev-shm-usage",
 ];
-
-fn logs_wanted() -> bool {
-    std::env::var_os("TEST_LOG").is_some()
-}
 
 // ---------------------------------------------------------------------------
 // Finding the browser (or skipping)
@@ -90,16 +89,10 @@ pub fn js_str(s: &str) -> String {
 // The server
 // ---------------------------------------------------------------------------
 
-/// A running `natter` with its own temp dir and database.
+/// A running `natter` with its own temp dir and database (the shared
+/// `natter-test-support` server), plus what the page tests do to it.
 pub struct Server {
-    _dir: tempfile::TempDir,
-    pub db: PathBuf,
-    /// `127.0.0.1:PORT`, the same across `restart_same_port`.
-    pub addr: String,
-    child: Option<Child>,
-    log: PathBuf,
-    /// Options beyond `--addr` and `--db`, kept for restarts.
-    args: Vec<String>,
+    inner: natter_test_support::Server,
 }
 
 impl Server {
@@ -109,86 +102,37 @@ impl Server {
 
     /// Start with extra command-line options (for example an access token).
     pub fn start_with(args: &[&str]) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = dir.path().join("chat.db");
-        let log = dir.path().join("server.log");
-        let mut server = Server {
-            _dir: dir,
-            db,
-            addr: String::new(),
-            child: None,
-            log,
-            args: args.iter().map(|a| a.to_string()).collect(),
-        };
-        server.spawn("127.0.0.1:0");
-        server
-    }
-
-    fn spawn(&mut self, addr: &str) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let mut child = Command::new(BIN)
-            .arg("--addr")
-            .arg(addr)
-            .arg("--db")
-            .arg(&self.db)
-            .args(&self.args)
-            .env("RUST_LOG", "natter=debug,warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
+        let inner = Launch::new(BIN)
+            .args(args.iter().copied())
+            .log_filter("natter=debug,warn")
+            .start()
             .expect("start natter");
-        let stdout = child.stdout.take().expect("stdout");
-        self.child = Some(child);
-        self.addr = first_line(stdout, WAIT, "natter's listening line")
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first stdout line\n{}", self.log_text()))
-            .to_string();
+        Server { inner }
     }
 
     /// `http://127.0.0.1:PORT/` plus `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        self.inner.http(path)
     }
 
     /// SIGKILL: no clean shutdown, no close frames.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.inner.kill().expect("kill natter");
     }
 
     /// SIGSTOP: the process keeps its sockets but reads and answers nothing.
     pub fn freeze(&self) {
-        self.signal(libc::SIGSTOP);
+        self.inner.send_signal(Signal::Stop).expect("SIGSTOP");
     }
 
     /// SIGCONT after `freeze`.
     pub fn thaw(&self) {
-        self.signal(libc::SIGCONT);
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        let child = self.child.as_ref().expect("server running");
-        // SAFETY: kill(2) on our own child's pid; no memory is touched.
-        let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
-        assert_eq!(rc, 0, "kill({signal})");
+        self.inner.send_signal(Signal::Cont).expect("SIGCONT");
     }
 
     /// Start the binary again on the same address and database.
     pub fn restart_same_port(&mut self) {
-        assert!(self.child.is_none(), "kill the server first");
-        let addr = self.addr.clone();
-        self.spawn(&addr);
-        assert_eq!(
-            self.addr, addr,
-            "the restarted server must use the same port"
-        );
+        self.inner.restart_same_port().expect("restart natter");
     }
 
     /// Post a message through the HTTP API, as any bot would; returns `{"id","ts"}`.
@@ -208,7 +152,7 @@ impl Server {
 
     /// Rows in the database with exactly this text.
     pub fn count_rows(&self, text: &str) -> i64 {
-        let conn = rusqlite::Connection::open(&self.db).expect("open db");
+        let conn = rusqlite::Connection::open(&self.inner.db).expect("open db");
         conn.query_row(
             "SELECT count(*) FROM messages WHERE text = ?1",
             [text],
@@ -216,52 +160,6 @@ impl Server {
         )
         .expect("count")
     }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() || logs_wanted() {
-            eprintln!("---- server log ----\n{}", self.log_text());
-        }
-    }
-}
-
-/// The first line of `out`, read on a thread that keeps draining `out`
-/// afterwards (so the process never blocks on a full pipe).
-fn first_line(out: impl Read + Send + 'static, within: Duration, what: &str) -> String {
-    line_matching(out, within, |_| true, None)
-        .unwrap_or_else(|| panic!("no {what} within {within:?}"))
-}
-
-/// The first line of `out` for which `want` is true (`None` after `within`),
-/// copying every line to `copy_to`.
-fn line_matching(
-    out: impl Read + Send + 'static,
-    within: Duration,
-    want: fn(&str) -> bool,
-    mut copy_to: Option<std::fs::File>,
-) -> Option<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if let Some(file) = copy_to.as_mut() {
-                let _ = writeln!(file, "{line}");
-            }
-            if want(&line)
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    rx.recv_timeout(within).ok()
 }
 
 // ---------------------------------------------------------------------------
@@ -297,7 +195,8 @@ impl Chrome {
             .unwrap_or_else(|e| panic!("start {}: {e}", exe.display()));
         let stderr = child.stderr.take().expect("stderr");
         let devtools = |l: &str| l.starts_with("DevTools listening on ");
-        let Some(line) = line_matching(stderr, Duration::from_secs(30), devtools, Some(log)) else {
+        let lines = Lines::read(stderr, devtools, vec![Box::new(log)]);
+        let Ok(line) = lines.next_within(Duration::from_secs(30)) else {
             kill_group(&mut child);
             panic!(
                 "Chromium did not start:\n{}",

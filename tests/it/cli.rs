@@ -1,21 +1,21 @@
 //! Section 10: the command line and environment, exit codes, the stdout line, durability across kills and clean shutdown.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 
 use futures_util::{SinkExt, StreamExt};
+use natter_test_support::lines::{Lines, NoLine};
+use natter_test_support::{Signal, process};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{BIN, Client, Server, WAIT, ids, run_binary, wait_exit};
+use crate::helpers::{BIN, Client, Server, WAIT, ids, run_binary};
 
 /// The binary started by hand, for what `Server` hides: every stdout line,
 /// stderr, and the environment.
 struct Process {
     child: Child,
-    stdout: mpsc::Receiver<String>,
+    stdout: Lines,
     stderr: std::path::PathBuf,
 }
 
@@ -32,44 +32,32 @@ impl Process {
             .stderr(std::fs::File::create(&stderr).unwrap());
         configure(&mut command);
         let mut child = command.spawn().expect("start natter");
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                if tx.send(line.unwrap_or_default()).is_err() {
-                    break;
-                }
-            }
-        });
+        let stdout = Lines::read(child.stdout.take().unwrap(), |_| true, Vec::new());
         Process {
             child,
-            stdout: rx,
+            stdout,
             stderr,
         }
     }
 
     fn first_line(&self) -> String {
         self.stdout
-            .recv_timeout(WAIT)
+            .next_within(WAIT)
             .expect("no line on stdout in time")
     }
 
     /// SIGTERM, wait for the exit, and return the status and the rest of stdout.
     fn stop(&mut self) -> (ExitStatus, Vec<String>) {
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let status = wait_exit(&mut self.child);
+        let status = process::stop(&mut self.child, Signal::Term, WAIT)
+            .expect("stop natter")
+            .status;
         // Exited: the reader thread reaches EOF and the channel disconnects.
         let mut rest = Vec::new();
         loop {
-            match self.stdout.recv_timeout(WAIT) {
+            match self.stdout.next_within(WAIT) {
                 Ok(line) => rest.push(line),
-                Err(mpsc::RecvTimeoutError::Disconnected) => return (status, rest),
-                Err(mpsc::RecvTimeoutError::Timeout) => panic!("stdout still open after exit"),
+                Err(NoLine::Closed) => return (status, rest),
+                Err(NoLine::Timeout) => panic!("stdout still open after exit"),
             }
         }
     }
@@ -81,8 +69,7 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = process::kill(&mut self.child);
     }
 }
 
