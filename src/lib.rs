@@ -9,7 +9,8 @@
 //! - `presence`: one room's presence: members, grace period, coalesced diffs.
 //! - `drafts`: unsent text per (nick, room), written at most once a second.
 //! - `ws/`: one WebSocket connection: handshake, replay, live loop, requests.
-//! - `web`: HTTP routes, the compiled-in page, the Origin check.
+//! - `web`: HTTP routes, the Origin check.
+//! - `page`: the compiled-in page and its assets.
 //! - `api`: the HTTP API under `/api` (history, posting).
 //! - `ratelimit`: the per-connection send limit.
 //! - `admission`: the client's address and the connection limits.
@@ -28,6 +29,7 @@ pub mod drafts;
 pub mod error;
 pub mod hub;
 pub mod metrics;
+pub mod page;
 pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
