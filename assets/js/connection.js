@@ -3,7 +3,8 @@
  * welcome, reconnecting with jittered backoff, the application-level ping that
  * finds a dead link, the connection status in the header, and handing each
  * incoming frame to the one handler registered for its type. Frames of a type
- * nobody registered are ignored without error.
+ * nobody registered (version 2 adds some the page does not handle yet) are
+ * ignored without error.
  *
  * Owns: the socket and its timers; #conn-group, #conn-status, #conn-text,
  * #conn-action, #conn-announce; what the last hello said; the session's
@@ -19,6 +20,8 @@ import * as offsets from './offsets.js';
 import { $ } from './dom.js';
 import { MAX_ROOMS } from './rules.js';
 
+// The hello asks for version 2: new frame types it does not know are ignored.
+const PROTOCOL_VERSION = 2;
 const PING_EVERY_MS = 25000;          // browsers cannot see WebSocket pings; the server drops silent sockets at 60 s
 const WELCOME_TIMEOUT_MS = 12000;     // a socket that never says welcome is as good as dead
 const BACKOFF_BASE_MS = 500;
@@ -129,7 +132,7 @@ export function connect() {
 function sendHello() {
   const serverOffset = offsets.catchUp();
   const rooms = hooks.rooms().slice(0, MAX_ROOMS);
-  const frame = { type: 'hello', nick: identity.getNick(), rooms };
+  const frame = { type: 'hello', version: PROTOCOL_VERSION, nick: identity.getNick(), rooms };
   if (serverOffset != null) frame.serverOffset = serverOffset;
   const token = identity.getToken();
   if (token) frame.token = token;

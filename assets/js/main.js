@@ -1,9 +1,9 @@
 /*
  * natter chat page: the entry point (loaded by index.html as an ES module).
  *
- * The page speaks natter wire protocol version 1 (docs/protocol.md). It is a
- * few modules without a build step; each starts with what it owns and what
- * it may not touch:
+ * The page speaks the natter wire protocol (docs/protocol.md); its hello
+ * says version 2. It is a few modules without a build step; each starts with
+ * what it owns and what it may not touch:
  *
  *   storage.js     localStorage keys and access that never throws
  *   rules.js       nick, room and text rules, as the server checks them
