@@ -269,7 +269,7 @@ function onKey(ev) {
   submit();
 }
 
-// --- What rooms and the socket tell us ---
+// --- What rooms, the socket and the store tell us ---
 
 /** Another room comes on screen: this one's text is parked, its draft sent. */
 export function leaving(prev) {
@@ -307,6 +307,11 @@ export function welcomed() {
   const nick = identity.ownNick();
   if (draftNick != null && draftNick !== nick) forgetKnownDrafts();
   draftNick = nick;
+}
+
+/** Another store: its drafts are not the ones we knew. */
+export function forgetStore() {
+  forgetKnownDrafts();
 }
 
 /** The page is going away (or into the back/forward cache). */

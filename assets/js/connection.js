@@ -241,7 +241,7 @@ export function reconnectNow() {
   connect();
 }
 
-/** Closes the current socket on purpose and connects again at once (new nick). */
+/** Closes the current socket on purpose and connects again at once (new nick, new store). */
 export function restart() {
   teardown();
   attempt = 0;

@@ -10,7 +10,7 @@
  *   dom.js         element helpers and toasts; the text-only rendering rule
  *   views.js       what one message looks like
  *   identity.js    nick, access token, clientOffsets
- *   offsets.js     serverOffset: how far we have read
+ *   offsets.js     serverOffset and storeId: how far we read, in which store
  *   connection.js  the WebSocket: hello, welcome, backoff, ping, status, dispatch
  *   rooms.js       open rooms, the room on screen, unread, the sidebar
  *   presence.js    who is here, who is typing, the member panel
@@ -99,6 +99,15 @@ connection.wire({
 // ---------------------------------------------------------------------------
 
 connection.on('welcome', (f) => {
+  if (offsets.storeChanged(f.storeId)) {
+    forgetStore();
+    // The hello asked for ids above an offset from the old store: ask again
+    // without one, on a new connection (the replay of this one is already wrong).
+    if (connection.hello().serverOffset != null) {
+      connection.restart();
+      return;
+    }
+  }
   connection.acceptWelcome(f);
   identity.setServerNick(f.nick);
   composer.welcomed();
@@ -140,6 +149,19 @@ connection.on('error', (f) => {
   }
   toast(message);
 });
+
+/**
+ * The server's store is not the one our offset and caches came from (a
+ * restored backup, say: protocol version 2, "Store identity"). Forget all
+ * that was derived from it; unacknowledged sends stay in the outbox and go out
+ * again with their clientOffset, which the store dedups.
+ */
+function forgetStore() {
+  offsets.forget();
+  rooms.forgetStore();
+  messages.forgetStore();
+  composer.forgetStore();
+}
 
 // ---------------------------------------------------------------------------
 // Page-wide events

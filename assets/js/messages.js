@@ -384,6 +384,29 @@ export function socketDown() {
   }
 }
 
+/**
+ * Another store: every stored message shown came from the old one (its ids
+ * may now name other messages). They go; our pending sends stay, to be
+ * resent. The server fills the logs again as on a first visit.
+ */
+export function forgetStore() {
+  historyRefs.clear();
+  for (const [name, state] of logs) {
+    for (const rec of state.records) rec.el.remove();
+    state.records = [];
+    state.ids.clear();
+    state.hasMore = null;
+    state.historyRef = null;
+    state.historyPausedUntil = 0;
+    state.stick = true;
+    state.savedTop = 0;
+    state.newBelow = false;
+    redecoratePending(state);
+    renderTop(name);
+  }
+  renderPill();
+}
+
 export function init() {
   connection.on('message', onMessage);
   connection.on('history', onHistory);

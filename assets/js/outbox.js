@@ -1,9 +1,9 @@
 /*
  * outbox.js: our sends that the server has not acknowledged yet, oldest
  * first, kept in localStorage with their original clientOffset. A reload, a
- * reconnect or a closed tab neither loses nor doubles one: each is sent again
- * with the same clientOffset, and the server answers one it has already
- * stored as a duplicate (docs/protocol.md section 3).
+ * reconnect, a closed tab or a change of store neither loses nor doubles
+ * one: each is sent again with the same clientOffset, and the server answers
+ * one it has already stored as a duplicate (docs/protocol.md section 3).
  *
  * Owns: KEY.outbox, the retry timer, the answers to sends (ack, and errors
  * whose ref is a queued clientOffset).

@@ -283,6 +283,15 @@ export function socketDown() {
   }
 }
 
+/** Another store: its unread counts and floors were counted in ids that mean nothing now. */
+export function forgetStore() {
+  for (const room of rooms.values()) {
+    room.unread = 0;
+    room.floor = 0;
+  }
+  renderSidebar();
+}
+
 // --- Drawer (narrow screens) and keyboard ---
 
 function openDrawer() {

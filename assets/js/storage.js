@@ -14,6 +14,7 @@ export const KEY = {
   device: 'natter.devicePrefix',      // identity.js
   counter: 'natter.sendCounter',      // identity.js
   offset: 'natter.serverOffset',      // offsets.js
+  storeId: 'natter.storeId',          // offsets.js
   rooms: 'natter.rooms',              // rooms.js
   current: 'natter.currentRoom',      // rooms.js
   known: 'natter.knownRooms',         // rooms.js
