@@ -1,12 +1,14 @@
 //! HTTP routes: the page and its assets (compiled in), the WebSocket upgrade with its Origin check and admission, health, metrics, 404s, and the JSON error shape.
 //!
 //! # Layout
+//! - `page`: the compiled-in page and its assets.
 //! - `api`: the HTTP API under `/api`.
 //! - `admission`: the client's address, connection limits.
-//! - this file: the router and the routes that are not the API.
+//! - this file: the router and the routes that are neither.
 
 pub(crate) mod admission;
 pub(crate) mod api;
+pub(crate) mod page;
 
 use axum::Router;
 use std::net::SocketAddr;
@@ -22,29 +24,9 @@ use self::admission::{Refusal, client_ip};
 use crate::AppState;
 use crate::error::{ClientError, ErrorCode};
 
-/// The page, compiled into the binary so that it alone serves everything.
-const INDEX_HTML: &str = include_str!("../../assets/index.html");
-const APP_JS: &str = include_str!("../../assets/app.js");
-const STYLE_CSS: &str = include_str!("../../assets/style.css");
-const FAVICON_SVG: &str = include_str!("../../assets/favicon.svg");
-
-/// The page may only talk to this server and run its own script, so even a
-/// rendering bug cannot load or run anything from elsewhere.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                   connect-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(index))
-        .route(
-            "/app.js",
-            get(|| asset("text/javascript; charset=utf-8", APP_JS)),
-        )
-        .route(
-            "/style.css",
-            get(|| asset("text/css; charset=utf-8", STYLE_CSS)),
-        )
-        .route("/favicon.svg", get(|| asset("image/svg+xml", FAVICON_SVG)))
+        .merge(page::router())
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -60,28 +42,6 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("no-referrer"),
         ))
         .with_state(state)
-}
-
-async fn index() -> Response {
-    let mut response = asset("text/html; charset=utf-8", INDEX_HTML).await;
-    response.headers_mut().insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    response
-}
-
-/// Assets change with the binary, so browsers revalidate instead of caching
-/// an old page against a new server.
-async fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
 }
 
 async fn upgrade(

@@ -96,6 +96,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// The server's SQLite file.
+    pub fn db(&self) -> &std::path::Path {
+        &self.inner.db
+    }
+
     pub fn start() -> Server {
         Self::start_with(&[])
     }

@@ -18,3 +18,4 @@ mod presence;
 mod reconnect;
 mod rooms;
 mod screenshots;
+mod store_id;

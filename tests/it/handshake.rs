@@ -485,7 +485,11 @@ async fn hello_with_a_version_gets_the_same_welcome_and_join_sequence() {
 
         let frames = client.until("synced").await;
         let kinds: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
-        assert_eq!(kinds, ["welcome", "joined", "presence", "synced"], "{version}");
+        assert_eq!(
+            kinds,
+            ["welcome", "joined", "presence", "synced"],
+            "{version}"
+        );
         assert_eq!(frames[0]["auth"], "open");
     }
 }

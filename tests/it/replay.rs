@@ -553,7 +553,9 @@ async fn joining_a_room_again_replays_above_the_new_offset() {
     let (mut alice, _) = server.joined("alice", &["general"]).await;
     let mut sent = Vec::new();
     for i in 0..3 {
-        let ack = alice.say("general", &format!("m{i}"), &format!("j-{i}")).await;
+        let ack = alice
+            .say("general", &format!("m{i}"), &format!("j-{i}"))
+            .await;
         sent.push(ack["id"].as_i64().unwrap());
     }
     // The live copies of all three, first.
@@ -564,6 +566,9 @@ async fn joining_a_room_again_replays_above_the_new_offset() {
         .await;
     let frames = alice.until("synced").await;
 
-    let replayed: Vec<i64> = ids(&frames).into_iter().filter(|id| *id > sent[0]).collect();
+    let replayed: Vec<i64> = ids(&frames)
+        .into_iter()
+        .filter(|id| *id > sent[0])
+        .collect();
     assert_eq!(replayed, sent[1..]);
 }

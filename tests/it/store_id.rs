@@ -33,10 +33,7 @@ async fn two_stores_have_different_ids() {
     let a = Server::start(&[]);
     let b = Server::start(&[]);
 
-    assert_ne!(
-        store_id(&welcome(&a).await),
-        store_id(&welcome(&b).await)
-    );
+    assert_ne!(store_id(&welcome(&a).await), store_id(&welcome(&b).await));
 }
 
 /// The case store ids exist for: a backup is restored, its ids are lower than
@@ -63,7 +60,9 @@ async fn a_restored_backup_has_a_new_store_id_so_a_client_with_an_old_offset_sta
     // Sent after the backup: lost by the restore, but seen by the client.
     let mut seen = 0;
     for i in 0..3 {
-        let ack = alice.say("general", "after the backup", &format!("a-{i}")).await;
+        let ack = alice
+            .say("general", "after the backup", &format!("a-{i}"))
+            .await;
         seen = ack["id"].as_i64().unwrap();
     }
     drop(alice);
@@ -83,7 +82,10 @@ async fn a_restored_backup_has_a_new_store_id_so_a_client_with_an_old_offset_sta
     let fresh_id = fresh["id"].as_i64().unwrap();
 
     assert_ne!(restored, original);
-    assert!(fresh_id <= seen, "the restore reuses ids the client has seen");
+    assert!(
+        fresh_id <= seen,
+        "the restore reuses ids the client has seen"
+    );
     // The client compares store ids, forgets its offset, and starts fresh.
     let mut client = server.client().await;
     client
@@ -117,5 +119,9 @@ async fn a_backup_copy_has_its_own_store_id() {
         })
         .unwrap();
     assert_ne!(copied, live);
-    assert_eq!(store_id(&welcome(&server).await), live, "the live store keeps its id");
+    assert_eq!(
+        store_id(&welcome(&server).await),
+        live,
+        "the live store keeps its id"
+    );
 }

@@ -181,15 +181,28 @@ async fn page_and_assets_are_served_from_the_binary() {
 
     let page = reqwest::get(server.http("/")).await.unwrap();
     assert_eq!(page.status(), 200);
+    let headers = page.headers().clone();
     assert!(
-        page.headers()["content-type"]
+        headers["content-type"]
             .to_str()
             .unwrap()
             .starts_with("text/html")
     );
-    assert!(page.text().await.unwrap().contains("app.js"));
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains(r#"<script type="module" src="js/main.js">"#)
+    );
     for (path, kind) in [
-        ("/app.js", "text/javascript"),
+        ("/js/main.js", "text/javascript"),
         ("/style.css", "text/css"),
         ("/favicon.svg", "image/svg+xml"),
     ] {
@@ -202,7 +215,48 @@ async fn page_and_assets_are_served_from_the_binary() {
                 .starts_with(kind),
             "{path}"
         );
+        assert_eq!(asset.headers()["cache-control"], "no-cache", "{path}");
     }
+}
+
+/// The page is ES modules: every module main.js imports, directly or not, is
+/// served as JavaScript (a file missing from `assets/js/` would break the page).
+#[tokio::test]
+async fn every_module_the_page_imports_is_served() {
+    let server = Server::start(&[]);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec!["main.js".to_string()];
+
+    while let Some(module) = todo.pop() {
+        if !seen.insert(module.clone()) {
+            continue;
+        }
+        let response = reqwest::get(server.http(&format!("/js/{module}")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{module}");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/javascript"),
+            "{module}"
+        );
+        todo.extend(relative_imports(&response.text().await.unwrap()));
+    }
+
+    assert!(seen.len() > 1, "main.js imports nothing: {seen:?}");
+}
+
+/// The `./name.js` of each `import ... from './name.js';` line.
+fn relative_imports(source: &str) -> Vec<String> {
+    source
+        .lines()
+        .filter(|line| line.starts_with("import "))
+        .filter_map(|line| line.split_once(" from './"))
+        .filter_map(|(_, rest)| rest.split_once('\''))
+        .map(|(name, _)| name.to_string())
+        .collect()
 }
 
 #[tokio::test]
