@@ -10,6 +10,7 @@
 //! cargo bench --bench load -- idle     [--connections 10000] [--rooms 10]
 //! cargo bench --bench load -- recovery [--messages 10000]        # and --messages 100000
 //! cargo bench --bench load -- mixed    [--rooms 200] [--users 2000] [--duration-s 30]
+//! cargo bench --bench load -- churn    [--rooms 50000]
 //! cargo bench --bench load -- SCENARIO --help                    # every option
 //! ```
 //!
@@ -22,6 +23,8 @@
 //!   and duplicated deliveries (both must be 0), server CPU per delivery.
 //! - `idle`: N connections that said `hello` into a few rooms and then only
 //!   listen. Time to connect them all, server RSS per connection.
+//! - `churn`: one connection joins and leaves R distinct rooms in turn. Server
+//!   RSS before, at its sampled peak, and after the rooms' grace period.
 //! - `recovery`: K messages seeded into the database between two server runs;
 //!   one client reconnects with the `serverOffset` before them. Time from
 //!   `hello` to `synced`, missing and duplicated (both must be 0), server RSS
@@ -64,6 +67,7 @@
 //! - `measure.rs`: the server seen from inside: `/proc` and `/metrics`.
 //! - `stats.rs`: the clock, seeded randomness, histograms and rounding.
 
+mod churn;
 mod client;
 mod fanout;
 mod idle;
@@ -153,6 +157,8 @@ enum Scenario {
     Recovery(recovery::RecoveryArgs),
     /// A compressed busy hour: Zipf rooms, typing, drafts, retries, reconnects.
     Mixed(mixed::MixedArgs),
+    /// Memory of rooms nobody stays in: one connection joins and leaves many.
+    Churn(churn::ChurnArgs),
 }
 
 // ---------------------------------------------------------------------------
@@ -218,6 +224,7 @@ async fn run(cli: &Cli, nofile: u64) -> Res<Report> {
         Scenario::Idle(args) => idle::run(&bench, args).await,
         Scenario::Recovery(args) => recovery::run(&bench, args).await,
         Scenario::Mixed(args) => mixed::run(&bench, args).await,
+        Scenario::Churn(args) => churn::run(&bench, args).await,
     }
 }
 
