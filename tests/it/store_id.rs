@@ -16,6 +16,22 @@ fn store_id(welcome: &Value) -> String {
         .to_string()
 }
 
+/// `natter backup` of the server's database into its temp dir, as `name`.
+fn backup(server: &Server, name: &str) -> std::path::PathBuf {
+    let dest = server.dir.path().join(name);
+    let (status, _, stderr) = run_binary(
+        &[
+            "backup",
+            "--db",
+            server.db.to_str().unwrap(),
+            dest.to_str().unwrap(),
+        ],
+        server.dir.path(),
+    );
+    assert!(status.success(), "{stderr}");
+    dest
+}
+
 #[tokio::test]
 async fn welcome_carries_a_store_id_that_survives_a_restart() {
     let mut server = Server::start(&[]);
@@ -46,17 +62,7 @@ async fn a_restored_backup_has_a_new_store_id_so_a_client_with_an_old_offset_sta
     let (mut alice, frames) = server.joined("alice", &["general"]).await;
     let original = store_id(&frames[0]);
     alice.say("general", "in the backup", "b-1").await;
-    let backup = server.dir.path().join("backup.db");
-    let (status, _, stderr) = run_binary(
-        &[
-            "backup",
-            "--db",
-            server.db.to_str().unwrap(),
-            backup.to_str().unwrap(),
-        ],
-        server.dir.path(),
-    );
-    assert!(status.success(), "{stderr}");
+    let backup = backup(&server, "backup.db");
     // Sent after the backup: lost by the restore, but seen by the client.
     let mut seen = 0;
     for i in 0..3 {
@@ -99,19 +105,9 @@ async fn a_restored_backup_has_a_new_store_id_so_a_client_with_an_old_offset_sta
 async fn a_backup_copy_has_its_own_store_id() {
     let server = Server::start(&[]);
     let live = store_id(&welcome(&server).await);
-    let backup = server.dir.path().join("copy.db");
 
-    let (status, _, stderr) = run_binary(
-        &[
-            "backup",
-            "--db",
-            server.db.to_str().unwrap(),
-            backup.to_str().unwrap(),
-        ],
-        server.dir.path(),
-    );
+    let backup = backup(&server, "copy.db");
 
-    assert!(status.success(), "{stderr}");
     let copied: String = rusqlite::Connection::open(&backup)
         .unwrap()
         .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
