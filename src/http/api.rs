@@ -69,28 +69,14 @@ async fn require_token(State(app): State<AppState>, request: Request, next: Next
     }
 }
 
-/// An API failure, rendered in the JSON error shape with its code's status.
-struct ApiError(ClientError);
-
-impl From<ClientError> for ApiError {
-    fn from(error: ClientError) -> Self {
-        ApiError(error)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        self.0.into_response()
-    }
-}
-
-fn internal(e: crate::store::StoreError) -> ApiError {
+/// A store failure: logged, and answered 500 `internal` without its details.
+fn internal(e: crate::store::StoreError) -> ClientError {
     tracing::error!(error = %e, "API store request failed");
-    ApiError(ClientError::internal())
+    ClientError::internal()
 }
 
 /// `GET /api/rooms`: rooms with messages or viewers, by name.
-async fn rooms(State(app): State<AppState>) -> Result<Response, ApiError> {
+async fn rooms(State(app): State<AppState>) -> Result<Response, ClientError> {
     let stats = app.store.room_stats().await.map_err(internal)?;
     let mut viewers = app.hub.viewer_counts();
     let mut rooms: Vec<Value> = stats
@@ -119,7 +105,7 @@ async fn history(
     State(app): State<AppState>,
     Path(room): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ClientError> {
     protocol::validate_room(&room)?;
     let after = id_param(&query, "after")?;
     let before = id_param(&query, "before")?;
@@ -130,8 +116,7 @@ async fn history(
             _ => {
                 return Err(ClientError::bad_request(format!(
                     "`limit` must be an integer from 1 to {MAX_HISTORY_LIMIT}"
-                ))
-                .into());
+                )));
             }
         },
     };
@@ -157,14 +142,14 @@ async fn history(
     Ok(axum::Json(page).into_response())
 }
 
-fn id_param(query: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
+fn id_param(query: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ClientError> {
     match query.get(name) {
         None => Ok(None),
         Some(raw) => match raw.parse::<i64>() {
             Ok(n) if n >= 0 => Ok(Some(n)),
-            _ => Err(
-                ClientError::bad_request(format!("`{name}` must be a non-negative integer")).into(),
-            ),
+            _ => Err(ClientError::bad_request(format!(
+                "`{name}` must be a non-negative integer"
+            ))),
         },
     }
 }
@@ -178,7 +163,7 @@ async fn post(
     Path(room): Path<String>,
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ClientError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ClientError::new(
@@ -193,7 +178,7 @@ async fn post(
     let request: Value = serde_json::from_slice(&body)
         .map_err(|_| ClientError::bad_request("the body must be a JSON object"))?;
     let Value::Object(mut fields) = request else {
-        return Err(ClientError::bad_request("the body must be a JSON object").into());
+        return Err(ClientError::bad_request("the body must be a JSON object"));
     };
     // The same field rules as a WebSocket `send`.
     let nick = protocol::validate_nick(&protocol::required_string(fields.remove("nick"), "nick")?)?;
@@ -206,8 +191,7 @@ async fn post(
         return Err(ClientError::new(
             ErrorCode::RateLimited,
             format!("at most {per_10s} messages per 10 s"),
-        )
-        .into());
+        ));
     }
     let pending = crate::messages::submit(&app, room, nick, text, client_offset, None)
         .await

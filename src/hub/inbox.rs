@@ -54,7 +54,8 @@ pub enum Live {
     Direct(Utf8Bytes),
 }
 
-/// What a connection takes from its inbox in one go.
+/// What a connection takes from its inbox in one go (and, until then, the
+/// inbox's own state).
 #[derive(Debug, Default)]
 pub struct Taken {
     /// Everything queued, oldest first.
@@ -66,15 +67,8 @@ pub struct Taken {
 }
 
 #[derive(Debug, Default)]
-struct Queue {
-    events: VecDeque<Live>,
-    lagged: bool,
-    presence_lost: HashSet<Arc<str>>,
-}
-
-#[derive(Debug, Default)]
 pub struct Inbox {
-    queue: Mutex<Queue>,
+    queue: Mutex<Taken>,
     ready: Notify,
 }
 
@@ -98,15 +92,14 @@ impl Inbox {
         }
     }
 
-    /// Everything queued, and whether anything was dropped since the last take.
-    pub fn take(&self) -> Taken {
+    /// Everything queued, and whether anything was dropped since the last
+    /// take; `None` when there is nothing (the common case on a busy loop).
+    pub fn take(&self) -> Option<Taken> {
         let mut queue = self.lock();
-        let queue = std::mem::take(&mut *queue);
-        Taken {
-            events: queue.events,
-            lagged: queue.lagged,
-            presence_lost: queue.presence_lost,
+        if queue.events.is_empty() && !queue.lagged {
+            return None;
         }
+        Some(std::mem::take(&mut *queue))
     }
 
     /// Resolves once an event was pushed into an empty inbox since the last
@@ -115,7 +108,7 @@ impl Inbox {
         self.ready.notified().await;
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
+    fn lock(&self) -> MutexGuard<'_, Taken> {
         // Every critical section leaves the queue consistent.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -139,7 +132,7 @@ mod tests {
         for id in 1..=3 {
             inbox.push(message(id));
         }
-        let taken = inbox.take();
+        let taken = inbox.take().unwrap_or_default();
         let ids: Vec<i64> = taken
             .events
             .iter()
@@ -158,11 +151,10 @@ mod tests {
         for id in 0..LIMIT as i64 + 5 {
             inbox.push(message(id));
         }
-        let taken = inbox.take();
+        let taken = inbox.take().unwrap_or_default();
         assert_eq!(taken.events.len(), LIMIT);
         assert!(taken.lagged);
-        let again = inbox.take();
-        assert!(again.events.is_empty() && !again.lagged);
+        assert!(inbox.take().is_none());
     }
 
     #[test]
@@ -174,7 +166,7 @@ mod tests {
             inbox.push(message(id));
         }
         inbox.push(message(10_000));
-        let taken = inbox.take();
+        let taken = inbox.take().unwrap_or_default();
         assert!(taken.lagged);
         assert!(
             taken

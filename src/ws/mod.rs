@@ -208,8 +208,7 @@ impl Connection {
                 feed(&mut self.socket, Message::Text(frame.into())).await?;
                 wrote = true;
             }
-            let taken = self.handle.inbox.take();
-            if !taken.events.is_empty() || taken.lagged {
+            if let Some(taken) = self.handle.inbox.take() {
                 self.deliver(taken).await?;
                 wrote = true;
             }
